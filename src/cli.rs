@@ -1,0 +1,291 @@
+//! The command line: parse arguments, run one command, map the outcome to
+//! an exit code in one place.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
+use crate::content::Issue;
+use crate::deliver::preview::GalleryInfo;
+use crate::deliver::unsubscribe::Signer;
+use crate::deliver::{MessageFactory, PreviewTransport, Transport};
+use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::render::checks::{GMAIL_CLIP_BYTES, check_html};
+use crate::render::{FieldSet, RenderedIssue, Renderer};
+use crate::subscribers::Recipient;
+use crate::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Newsletter publishing: a Markdown issue becomes a responsive email, previewed as files or sent through SMTP.",
+    after_help = "Exit status: 0 success, 1 the job ran but found problems (check errors, failed recipients), 2 it could not run (bad config, input or database)."
+)]
+pub struct Cli {
+    /// Config file [default: ./tidings.toml, or $TIDINGS_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render an issue for sample recipients as HTML, text and .eml files, with a gallery page
+    Preview(PreviewArgs),
+    /// Check an issue without writing anything: exit 1 on errors, 0 with warnings
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecipientArgs {
+    /// Recipients from this CSV file (header row with an `email` column)
+    #[arg(long, value_name = "FILE.csv")]
+    pub subscribers: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// The issue, e.g. content/issue-17.md
+    pub issue: PathBuf,
+    #[command(flatten)]
+    pub recipients: RecipientArgs,
+    /// Only this recipient (by address)
+    #[arg(long, value_name = "EMAIL")]
+    pub subscriber: Option<String>,
+    /// Output folder [default: out/preview/<issue>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also write the intermediate MJML (<issue>.mjml) into the output folder
+    #[arg(long)]
+    pub emit_mjml: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The issue, e.g. content/issue-17.md
+    pub issue: PathBuf,
+    #[command(flatten)]
+    pub recipients: RecipientArgs,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Prints an error with its chain of causes.
+fn print_error(e: &Error) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !e.to_string().contains(&text) {
+            let _ = writeln!(stderr, "  caused by: {text}");
+        }
+        source = s.source();
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Preview(args) => preview(&config, args),
+        Command::Check(args) => check(&config, args),
+    }
+}
+
+/// The project folder: where the config lives (or the current folder).
+fn project_dir(config: &Config) -> PathBuf {
+    config.base_dir()
+}
+
+/// Recipients for a preview or check: `--subscribers`, else the sample list.
+fn load_recipients(config: &Config, args: &RecipientArgs) -> Result<(Vec<Recipient>, FieldSet)> {
+    let path = match &args.subscribers {
+        Some(p) => p.clone(),
+        None => project_dir(config).join("subscribers/sample.csv"),
+    };
+    let read = crate::subscribers::csv::read_recipients(&path)?;
+    for s in &read.skipped {
+        eprintln!(
+            "warning: {}:{}: row skipped: {}",
+            path.display(),
+            s.line,
+            s.reason
+        );
+    }
+    Ok((
+        read.recipients,
+        FieldSet {
+            attributes: read.attributes,
+        },
+    ))
+}
+
+/// Content, then templates: everything up to the once-per-issue render.
+fn render_issue(
+    config: &Config,
+    issue_path: &Path,
+    fields: &FieldSet,
+    diags: &mut Diagnostics,
+) -> Result<(Issue, RenderedIssue)> {
+    let issue = Issue::from_file(issue_path, diags)?;
+    let renderer = Renderer::new(Some(&project_dir(config).join("templates")))?;
+    let rendered = renderer.render(&issue, config, fields, diags)?;
+    Ok((issue, rendered))
+}
+
+fn print_diagnostics(diags: &Diagnostics) {
+    let mut stderr = std::io::stderr().lock();
+    for d in diags.iter() {
+        let _ = writeln!(stderr, "{d}");
+    }
+}
+
+fn summary(diags: &Diagnostics) -> String {
+    let errors = diags.errors().count();
+    let warnings = diags.warnings().count();
+    format!(
+        "{errors} error{}, {warnings} warning{}",
+        if errors == 1 { "" } else { "s" },
+        if warnings == 1 { "" } else { "s" }
+    )
+}
+
+fn check(config: &Config, args: CheckArgs) -> Result<()> {
+    let (_, fields) = load_recipients(config, &args.recipients)?;
+    let mut diags = Diagnostics::default();
+    render_issue(config, &args.issue, &fields, &mut diags)?;
+    print_diagnostics(&diags);
+    if diags.has_errors() {
+        return Err(Error::Problems(format!(
+            "{}: {}",
+            args.issue.display(),
+            summary(&diags)
+        )));
+    }
+    println!("{}: ok ({})", args.issue.display(), summary(&diags));
+    Ok(())
+}
+
+/// The unsubscribe signer: the real secret when set; a fixed preview-only
+/// key otherwise, since preview links are never meant to work.
+fn preview_signer(config: &Config, diags: &mut Diagnostics) -> Signer {
+    let secret = match &config.secrets.unsubscribe_secret {
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None => {
+            diags.push(Diagnostic::warning(
+                None,
+                format!("{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links in the preview are signed with a preview-only key and will not work"),
+            ));
+            b"tidings-preview-only".to_vec()
+        }
+    };
+    Signer::new(&secret, &config.newsletter.base_url)
+}
+
+fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
+    let (mut recipients, fields) = load_recipients(config, &args.recipients)?;
+    if let Some(one) = &args.subscriber {
+        let key = crate::subscribers::normalise_email(one);
+        recipients.retain(|r| r.key() == key);
+        if recipients.is_empty() {
+            return Err(Error::Usage(format!(
+                "no subscriber `{one}` in the recipient list: check the address, or pass --subscribers FILE.csv"
+            )));
+        }
+    }
+    let mut diags = Diagnostics::default();
+    let (issue, rendered) = render_issue(config, &args.issue, &fields, &mut diags)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out/preview").join(&issue.slug));
+    std::fs::create_dir_all(&out).map_err(|source| Error::Write {
+        path: out.clone(),
+        source,
+    })?;
+    if args.emit_mjml {
+        let path = out.join(format!("{}.mjml", issue.slug));
+        std::fs::write(&path, &rendered.mjml).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("wrote {}", path.display());
+    }
+    let factory = MessageFactory::new(config, preview_signer(config, &mut diags))?;
+    let transport = PreviewTransport::new(&out);
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        for r in &recipients {
+            let message = match factory.build(&rendered, r) {
+                Ok(m) => m,
+                Err(e) => {
+                    diags.push(Diagnostic::error(Some(r.email.clone()), e.to_string()));
+                    continue;
+                }
+            };
+            transport
+                .send(&message)
+                .await
+                .map_err(|e| Error::Usage(e.message))?;
+        }
+        Ok::<(), Error>(())
+    })?;
+    for e in transport.entries() {
+        if e.html_bytes > GMAIL_CLIP_BYTES {
+            check_html(
+                &std::fs::read_to_string(out.join(format!("{}.html", e.stem))).unwrap_or_default(),
+                &format!("HTML for {}", e.to),
+                &mut diags,
+            );
+        }
+    }
+    let info = GalleryInfo {
+        title: rendered.title.clone(),
+        preheader: rendered.preheader.clone(),
+        web_url: rendered.web_url.clone(),
+        findings: diags.iter().map(ToString::to_string).collect(),
+    };
+    let index = transport
+        .finish(&info)
+        .map_err(|e| Error::Usage(e.message))?;
+    print_diagnostics(&diags);
+    println!(
+        "wrote {} preview{} to {}",
+        transport.entries().len(),
+        if transport.entries().len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        index.display()
+    );
+    if diags.has_errors() {
+        return Err(Error::Problems(format!(
+            "{}: {}",
+            args.issue.display(),
+            summary(&diags)
+        )));
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))
+}

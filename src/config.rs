@@ -1,0 +1,721 @@
+//! Configuration: `tidings.toml`, then `TIDINGS_<SECTION>_<KEY>` environment
+//! overrides, then secrets (only ever from the environment).
+//!
+//! `Config::parse` is pure (text in, config out) so tests need no disk;
+//! `Config::load` adds the file and the process environment.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Environment variables that are read directly and are not config keys.
+pub const ENV_SMTP_PASSWORD: &str = "TIDINGS_SMTP_PASSWORD";
+pub const ENV_UNSUBSCRIBE_SECRET: &str = "TIDINGS_UNSUBSCRIBE_SECRET";
+pub const ENV_DATABASE_URL: &str = "TIDINGS_DATABASE_URL";
+pub const ENV_DKIM_PRIVATE_KEY: &str = "TIDINGS_DKIM_PRIVATE_KEY";
+const ENV_NOT_KEYS: &[&str] = &[
+    ENV_SMTP_PASSWORD,
+    ENV_UNSUBSCRIBE_SECRET,
+    ENV_DATABASE_URL,
+    ENV_DKIM_PRIVATE_KEY,
+    "TIDINGS_CONFIG",
+    "TIDINGS_LOG",
+];
+
+pub const DEFAULT_DATABASE: &str = "sqlite:subscribers/subscribers.db";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `sqlite:path` or `postgres://…`
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default)]
+    pub newsletter: Newsletter,
+    #[serde(default)]
+    pub smtp: Smtp,
+    #[serde(default)]
+    pub send: Send,
+    #[serde(default)]
+    pub dkim: Dkim,
+    /// Secrets from the environment; never read from or written to a file.
+    #[serde(skip)]
+    pub secrets: Secrets,
+    /// Where the config was read from, for messages and relative paths.
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
+}
+
+fn default_database() -> String {
+    DEFAULT_DATABASE.to_string()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database: default_database(),
+            newsletter: Newsletter::default(),
+            smtp: Smtp::default(),
+            send: Send::default(),
+            dkim: Dkim::default(),
+            secrets: Secrets::default(),
+            origin: None,
+        }
+    }
+}
+
+/// The newsletter's identity: everything the templates show that is not
+/// issue content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Newsletter {
+    pub name: String,
+    /// `Name <address>` or a bare address.
+    pub from: String,
+    pub reply_to: String,
+    pub postal_address: String,
+    /// The organisation's website.
+    pub website: String,
+    /// Where `tidings serve` is reachable: unsubscribe and view-in-browser links.
+    pub base_url: String,
+    pub logo_url: String,
+    pub logo_alt: String,
+    pub phone: String,
+    /// The standing call to action in the header ("Get Help Now").
+    pub help_label: String,
+    pub help_url: String,
+    /// The call to action at the end ("Join the movement…").
+    pub join_text: String,
+    pub join_label: String,
+    pub join_url: String,
+    /// Address for mailto unsubscribes in `List-Unsubscribe`.
+    pub unsubscribe_mailto: String,
+    /// `List-Id`; derived from `from` when empty.
+    pub list_id: String,
+    pub quick_links: Vec<Link>,
+    /// Brand colour for buttons and headings.
+    pub accent_color: String,
+}
+
+impl Default for Newsletter {
+    fn default() -> Self {
+        Newsletter {
+            name: "Newsletter".into(),
+            from: String::new(),
+            reply_to: String::new(),
+            postal_address: String::new(),
+            website: String::new(),
+            base_url: "http://localhost:8080".into(),
+            logo_url: String::new(),
+            logo_alt: String::new(),
+            phone: String::new(),
+            help_label: String::new(),
+            help_url: String::new(),
+            join_text: String::new(),
+            join_label: String::new(),
+            join_url: String::new(),
+            unsubscribe_mailto: String::new(),
+            list_id: String::new(),
+            quick_links: Vec::new(),
+            accent_color: "#1f6f78".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub label: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain text: only for a loopback relay unless `allow_insecure`.
+    None,
+    #[default]
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(TlsMode::None),
+            "starttls" => Ok(TlsMode::Starttls),
+            "tls" => Ok(TlsMode::Tls),
+            other => Err(format!(
+                "unknown TLS mode `{other}`: use \"none\", \"starttls\" or \"tls\""
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    pub host: String,
+    /// Defaults by TLS mode: 25 (none), 587 (starttls), 465 (tls).
+    #[serde(deserialize_with = "lenient_opt")]
+    pub port: Option<u16>,
+    #[serde(deserialize_with = "lenient")]
+    pub tls: TlsMode,
+    pub username: String,
+    /// Allow `tls = "none"` to a host that is not on loopback.
+    #[serde(deserialize_with = "lenient")]
+    pub allow_insecure: bool,
+    /// Connect and per-command timeout, seconds.
+    #[serde(deserialize_with = "lenient")]
+    pub timeout_secs: u64,
+    /// EHLO name; the machine's hostname when empty.
+    pub hello_name: String,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            host: "localhost".into(),
+            port: None,
+            tls: TlsMode::default(),
+            username: String::new(),
+            allow_insecure: false,
+            timeout_secs: 30,
+            hello_name: String::new(),
+        }
+    }
+}
+
+impl Smtp {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::None => 25,
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+        })
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Send {
+    #[serde(deserialize_with = "lenient")]
+    pub rate: Rate,
+    /// SMTP connections (and messages in flight) at once.
+    #[serde(deserialize_with = "lenient")]
+    pub concurrency: usize,
+    /// Attempts per recipient for transient failures (4xx, timeouts, drops).
+    #[serde(deserialize_with = "lenient")]
+    pub max_attempts: u32,
+    /// First retry delay in seconds; doubles on each attempt.
+    #[serde(deserialize_with = "lenient")]
+    pub retry_base_secs: f64,
+    /// Pause the send after this many failures in a row.
+    #[serde(deserialize_with = "lenient")]
+    pub pause_after_failures: u32,
+    /// …or when this share of attempts failed, once `pause_min_attempts` were made.
+    #[serde(deserialize_with = "lenient")]
+    pub pause_failure_ratio: f64,
+    #[serde(deserialize_with = "lenient")]
+    pub pause_min_attempts: u32,
+}
+
+impl Default for Send {
+    fn default() -> Self {
+        Send {
+            rate: Rate::per_second(10),
+            concurrency: 4,
+            max_attempts: 5,
+            retry_base_secs: 30.0,
+            pause_after_failures: 10,
+            pause_failure_ratio: 0.05,
+            pause_min_attempts: 100,
+        }
+    }
+}
+
+/// Optional DKIM signing. The private key comes from `key_file` or the
+/// `TIDINGS_DKIM_PRIVATE_KEY` environment variable.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dkim {
+    pub domain: String,
+    pub selector: String,
+    pub key_file: String,
+}
+
+impl Dkim {
+    pub fn enabled(&self) -> bool {
+        !self.selector.is_empty()
+    }
+}
+
+/// A steady sending rate: `count` messages per `per`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub fn per_second(count: u32) -> Rate {
+        Rate {
+            count,
+            per: Duration::from_secs(1),
+        }
+    }
+    /// The steady interval between two messages.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count.max(1)
+    }
+    pub fn per_second_f64(&self) -> f64 {
+        self.count as f64 / self.per.as_secs_f64()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => return write!(f, "{}/{}s", self.count, self.per.as_secs()),
+        };
+        write!(f, "{}/{}", self.count, unit)
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let help = "write it as a count per unit, e.g. \"14/s\", \"300/min\" or \"2000/h\"";
+        let (count, unit) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("invalid rate `{s}`: {help}"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid rate `{s}`: `{count}` is not a whole number; {help}"))?;
+        if count == 0 {
+            return Err(format!("invalid rate `{s}`: the count must be above 0"));
+        }
+        let secs = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            other => return Err(format!("invalid rate `{s}`: unknown unit `{other}`; {help}")),
+        };
+        Ok(Rate {
+            count,
+            per: Duration::from_secs(secs),
+        })
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A value that must never be printed.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub smtp_password: Option<Secret>,
+    pub unsubscribe_secret: Option<Secret>,
+    pub dkim_private_key: Option<Secret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Other { origin: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl Config {
+    /// Parses config text; `origin` names it in errors (usually the path).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, std::iter::empty())
+    }
+
+    /// Parses config text, then applies `TIDINGS_*` overrides from `env`.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // First pass straight from the text, so that errors carry a line.
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
+        let mut overridden = Vec::new();
+        let mut secrets = Secrets::default();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("TIDINGS_") else {
+                continue;
+            };
+            match var.as_str() {
+                ENV_SMTP_PASSWORD => secrets.smtp_password = Some(Secret(value)),
+                ENV_UNSUBSCRIBE_SECRET => secrets.unsubscribe_secret = Some(Secret(value)),
+                ENV_DKIM_PRIVATE_KEY => secrets.dkim_private_key = Some(Secret(value)),
+                ENV_DATABASE_URL | "TIDINGS_DATABASE" => {
+                    table.insert("database".into(), toml::Value::String(value));
+                    overridden.push(var.clone());
+                }
+                v if ENV_NOT_KEYS.contains(&v) => {}
+                _ => {
+                    let (section, key) = env_key(rest).ok_or_else(|| ConfigError::Env {
+                        var: var.clone(),
+                        message: format!(
+                            "not a config key; overrides are TIDINGS_<SECTION>_<KEY> with a section of {}",
+                            SECTIONS.join(", ")
+                        ),
+                    })?;
+                    if section == "newsletter" && key == "quick_links" {
+                        return Err(ConfigError::Env {
+                            var,
+                            message: "quick links are a list: set them in the config file".into(),
+                        });
+                    }
+                    let entry = table
+                        .entry(section.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(t) = entry {
+                        t.insert(key, toml::Value::String(value));
+                    }
+                    overridden.push(var.clone());
+                }
+            }
+        }
+        if !overridden.is_empty() {
+            config = Config::deserialize(table).map_err(|e| ConfigError::Other {
+                origin: format!("{origin} with {}", overridden.join(", ")),
+                message: e.message().to_string(),
+            })?;
+        }
+        config.secrets = secrets;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Loads `path` (or `./tidings.toml`; a missing default file means
+    /// defaults) and applies the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => match std::env::var_os("TIDINGS_CONFIG") {
+                Some(p) => (PathBuf::from(p), true),
+                None => (PathBuf::from("tidings.toml"), false),
+            },
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let mut config =
+            Config::parse_with_env(&text, &path.display().to_string(), std::env::vars())?;
+        config.origin = Some(path);
+        Ok(config)
+    }
+
+    /// The directory relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.origin
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError::Other {
+            origin: origin.to_string(),
+            message,
+        };
+        if self.send.concurrency == 0 {
+            return Err(err("send.concurrency must be at least 1".into()));
+        }
+        if self.send.max_attempts == 0 {
+            return Err(err("send.max_attempts must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.send.pause_failure_ratio) {
+            return Err(err(
+                "send.pause_failure_ratio is a share between 0 and 1 (0.05 = 5%)".into(),
+            ));
+        }
+        let url = &self.newsletter.base_url;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(err(format!(
+                "newsletter.base_url `{url}` must start with https:// (where `tidings serve` is reachable)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `List-Id` value: the configured one, else derived from the sender.
+    pub fn list_id(&self) -> String {
+        let n = &self.newsletter;
+        if !n.list_id.is_empty() {
+            return n.list_id.clone();
+        }
+        let domain = sender_domain(&n.from).unwrap_or("localhost");
+        let slug: String = n
+            .name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let slug = slug.trim_matches('-');
+        let slug = if slug.is_empty() { "newsletter" } else { slug };
+        format!("{} <{slug}.{domain}>", n.name)
+    }
+}
+
+/// The domain of a `Name <a@b>` or `a@b` sender.
+pub fn sender_domain(from: &str) -> Option<&str> {
+    let addr = match (from.rfind('<'), from.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &from[a + 1..b],
+        _ => from,
+    };
+    addr.rsplit_once('@')
+        .map(|(_, d)| d.trim())
+        .filter(|d| !d.is_empty())
+}
+
+const SECTIONS: &[&str] = &["newsletter", "smtp", "send", "dkim"];
+
+/// `SMTP_ALLOW_INSECURE` -> ("smtp", "allow_insecure").
+fn env_key(rest: &str) -> Option<(&'static str, String)> {
+    let lower = rest.to_ascii_lowercase();
+    SECTIONS.iter().find_map(|s| {
+        lower
+            .strip_prefix(s)
+            .and_then(|k| k.strip_prefix('_'))
+            .filter(|k| !k.is_empty())
+            .map(|k| (*s, k.to_string()))
+    })
+}
+
+fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e
+        .span()
+        .map(|s| line_col(text, s.start))
+        .unwrap_or((1, 1));
+    let mut message = e.message().trim().to_string();
+    if message.starts_with("unknown field") {
+        // serde says "field"; users of a TOML file think in keys.
+        message = message.replacen("unknown field", "unknown key", 1);
+        message.push_str("; check the spelling or remove it");
+    }
+    if message.contains("password") {
+        message.push_str(&format!(
+            "; the SMTP password is never read from the file: set {ENV_SMTP_PASSWORD}"
+        ));
+    }
+    ConfigError::Invalid {
+        origin: origin.to_string(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, column)
+}
+
+/// Numbers and booleans from the file come typed; from the environment they
+/// come as strings. Accept both.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Str(String),
+        Typed(T),
+    }
+    match Either::<T>::deserialize(d)? {
+        Either::Typed(t) => Ok(t),
+        Either::Str(s) => s.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
+fn lenient_opt<'de, D>(d: D) -> Result<Option<u16>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    lenient::<D, u16>(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_config_is_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.database, DEFAULT_DATABASE);
+        assert_eq!(c.smtp.port(), 587);
+        assert_eq!(c.send.rate, Rate::per_second(10));
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let err = Config::parse("[smtp]\nhost = \"x\"\nhots = \"y\"\n", "site/tidings.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("site/tidings.toml:3:1: unknown key `hots`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn password_in_file_is_refused_with_the_variable_to_use() {
+        let err = Config::parse("[smtp]\npassword = \"hunter2\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `password`"), "{err}");
+        assert!(err.contains("TIDINGS_SMTP_PASSWORD"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_every_section_with_types() {
+        let c = Config::parse_with_env(
+            "[smtp]\nhost = \"mail.example.org\"\nport = 2525\n",
+            "t.toml",
+            env(&[
+                ("TIDINGS_SMTP_PORT", "1025"),
+                ("TIDINGS_SMTP_TLS", "none"),
+                ("TIDINGS_SMTP_ALLOW_INSECURE", "true"),
+                ("TIDINGS_SEND_RATE", "300/min"),
+                ("TIDINGS_SEND_CONCURRENCY", "8"),
+                ("TIDINGS_NEWSLETTER_POSTAL_ADDRESS", "1 Main St"),
+                ("TIDINGS_DATABASE_URL", "postgres://x/y"),
+                ("TIDINGS_SMTP_PASSWORD", "s3cret"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.smtp.host, "mail.example.org");
+        assert_eq!(c.smtp.port(), 1025);
+        assert_eq!(c.smtp.tls, TlsMode::None);
+        assert!(c.smtp.allow_insecure);
+        assert_eq!(c.send.rate.to_string(), "300/min");
+        assert_eq!(c.send.concurrency, 8);
+        assert_eq!(c.newsletter.postal_address, "1 Main St");
+        assert_eq!(c.database, "postgres://x/y");
+        assert_eq!(c.secrets.smtp_password.unwrap().expose(), "s3cret");
+    }
+
+    #[test]
+    fn env_unknown_key_and_bad_value_are_errors() {
+        let err = Config::parse_with_env("", "t.toml", env(&[("TIDINGS_SMTP_HSOT", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `hsot`"), "{err}");
+        assert!(err.contains("TIDINGS_SMTP_HSOT"), "{err}");
+        let err = Config::parse_with_env("", "t.toml", env(&[("TIDINGS_SEND_RATE", "fast")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid rate `fast`"), "{err}");
+        let err = Config::parse_with_env("", "t.toml", env(&[("TIDINGS_FOO", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TIDINGS_FOO: not a config key"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c =
+            Config::parse_with_env("", "t", env(&[("TIDINGS_SMTP_PASSWORD", "hunter2")])).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!("14/s".parse::<Rate>().unwrap().interval().as_micros(), 71428);
+        assert_eq!("2000/h".parse::<Rate>().unwrap().to_string(), "2000/h");
+        assert!("0/s".parse::<Rate>().is_err());
+        assert!("10/day".parse::<Rate>().unwrap_err().contains("unknown unit"));
+        let err = Config::parse("[send]\nrate = \"10/d\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t.toml:2:8: invalid rate"), "{err}");
+    }
+
+    #[test]
+    fn list_id_from_sender() {
+        let c = Config::parse(
+            "[newsletter]\nname = \"Recovery Voices\"\nfrom = \"RV <news@example.org>\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.list_id(), "Recovery Voices <recovery-voices.example.org>");
+    }
+}

@@ -1,0 +1,104 @@
+//! Deliver: per-recipient messages and the transports that take them.
+//!
+//! Every transport implements one method that receives the envelope and
+//! the raw bytes (see lettre's `Transport`): the preview files, the dry run
+//! and SMTP therefore all see exactly the same message.
+
+pub mod file;
+pub mod memory;
+pub mod message;
+pub mod preview;
+pub mod unsubscribe;
+
+use std::future::Future;
+
+pub use file::FileTransport;
+pub use memory::MemoryTransport;
+pub use message::{BuildError, MessageFactory};
+pub use preview::PreviewTransport;
+
+/// One message, ready for any transport.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The recipient's address as stored.
+    pub to: String,
+    pub envelope: lettre::address::Envelope,
+    /// The complete RFC 5322 message.
+    pub bytes: Vec<u8>,
+    pub message_id: String,
+}
+
+/// How a send failed, which decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// 4xx, timeout, dropped connection: retry later.
+    Transient,
+    /// 5xx on this message: record as failed.
+    Permanent,
+    /// 5xx that rejects the recipient's address (550/551/553): failed, and
+    /// the subscriber is marked bounced.
+    Rejected,
+    /// Authentication, TLS, or a server we cannot reach at all: stop the run.
+    Fatal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub kind: FailureKind,
+    /// The SMTP reply code, when there was one.
+    pub code: Option<u16>,
+    /// The server's reply or the local cause, for the journal and report.
+    pub message: String,
+}
+
+impl SendError {
+    pub fn new(kind: FailureKind, code: Option<u16>, message: impl Into<String>) -> SendError {
+        SendError {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Takes finished messages somewhere.
+pub trait Transport: Send + Sync {
+    /// Sends one message; `Ok` means the receiving side accepted it.
+    fn send(&self, message: &Outgoing) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+/// Errors that stop a delivery run before or outside a single recipient.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A file name for a recipient's files: the address, with anything that is
+/// not safe in a file name replaced.
+pub fn file_stem(email: &str) -> String {
+    let mut s: String = email
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '_' | '+' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.starts_with('.') {
+        s.insert(0, '_');
+    }
+    if s.is_empty() {
+        s.push('_');
+    }
+    s
+}

@@ -1,0 +1,17 @@
+//! tidings: a newsletter publishing pipeline.
+//!
+//! Data flows one way through one module per stage:
+//! `config` -> `content` (Markdown issue) -> `render` (tera -> MJML -> HTML,
+//! once per issue) -> `deliver` (per-recipient message -> transport), with
+//! `subscribers` supplying recipients and `cli` driving it all.
+
+pub mod cli;
+pub mod config;
+pub mod content;
+pub mod deliver;
+pub mod diagnostics;
+pub mod error;
+pub mod render;
+pub mod subscribers;
+
+pub use error::{Error, Result};

@@ -1,0 +1,117 @@
+//! The text/plain alternative, made from the content's own HTML (never from
+//! the compiled layout, whose tables and hidden preheader read badly as text).
+
+use html2text::render::{TaggedLine, TextDecorator};
+
+/// Line width of the plain part; RFC 5322 recommends under 78.
+pub const WIDTH: usize = 72;
+
+/// Content HTML to readable text: headings, paragraphs, lists, quotes, and
+/// links as `text (https://…)`.
+pub fn html_to_text(html: &str) -> String {
+    let text = html2text::config::with_decorator(Decorator::default())
+        .no_link_wrapping()
+        .link_footnotes(false)
+        .string_from_read(html.as_bytes(), WIDTH)
+        .unwrap_or_else(|_| html.to_string());
+    let trimmed: Vec<&str> = text.lines().map(str::trim_end).collect();
+    trimmed.join("\n").trim_matches('\n').to_string()
+}
+
+/// Like html2text's plain decorator, but links keep their URL inline in
+/// parentheses, where a reader of the plain part can see and copy it.
+#[derive(Clone, Debug, Default)]
+struct Decorator {
+    links: Vec<String>,
+}
+
+impl TextDecorator for Decorator {
+    type Annotation = ();
+
+    fn decorate_link_start(&mut self, url: &str) -> (String, ()) {
+        self.links.push(url.to_string());
+        (String::new(), ())
+    }
+    fn decorate_link_end(&mut self) -> String {
+        match self.links.pop() {
+            Some(url) if url.starts_with('#') => String::new(),
+            Some(url) => {
+                let shown = url.strip_prefix("mailto:").unwrap_or(&url);
+                format!(" ({shown})")
+            }
+            None => String::new(),
+        }
+    }
+    fn decorate_em_start(&self) -> (String, ()) {
+        ("_".into(), ())
+    }
+    fn decorate_em_end(&self) -> String {
+        "_".into()
+    }
+    fn decorate_strong_start(&self) -> (String, ()) {
+        ("*".into(), ())
+    }
+    fn decorate_strong_end(&self) -> String {
+        "*".into()
+    }
+    fn decorate_strikeout_start(&self) -> (String, ()) {
+        ("~".into(), ())
+    }
+    fn decorate_strikeout_end(&self) -> String {
+        "~".into()
+    }
+    fn decorate_code_start(&self) -> (String, ()) {
+        ("`".into(), ())
+    }
+    fn decorate_code_end(&self) -> String {
+        "`".into()
+    }
+    fn decorate_preformat_first(&self) {}
+    fn decorate_preformat_cont(&self) {}
+    fn decorate_image(&mut self, _src: &str, title: &str) -> (String, ()) {
+        (format!("[{title}]"), ())
+    }
+    fn header_prefix(&self, level: usize) -> String {
+        "#".repeat(level) + " "
+    }
+    fn quote_prefix(&self) -> String {
+        "> ".into()
+    }
+    fn unordered_item_prefix(&self) -> String {
+        "- ".into()
+    }
+    fn ordered_item_prefix(&self, i: i64) -> String {
+        format!("{i}. ")
+    }
+    fn make_subblock_decorator(&self) -> Self {
+        Decorator::default()
+    }
+    fn finalise(&mut self, _: Vec<String>) -> Vec<TaggedLine<()>> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_lists_and_paragraphs() {
+        let text = html_to_text(
+            "<p>Read <a href=\"https://example.org/a\">the guide</a> or write to <a href=\"mailto:help@example.org\">us</a>.</p>\n<ul><li>one</li><li>two</li></ul><h3>Next</h3><p>Bye &amp; thanks</p>",
+        );
+        assert_eq!(
+            text,
+            "Read the guide (https://example.org/a) or write to us\n(help@example.org).\n\n- one\n- two\n\n### Next\n\nBye & thanks"
+        );
+    }
+
+    #[test]
+    fn wraps_long_paragraphs_but_not_urls() {
+        let long = "word ".repeat(40);
+        let url = format!("https://example.org/{}", "x".repeat(100));
+        let text = html_to_text(&format!("<p>{long}<a href=\"{url}\">link</a></p>"));
+        assert!(text.lines().filter(|l| !l.contains(&url)).all(|l| l.chars().count() <= WIDTH));
+        assert!(text.contains(&url), "{text}");
+    }
+}
