@@ -249,6 +249,7 @@ fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
             check_html(
                 &std::fs::read_to_string(out.join(format!("{}.html", e.stem))).unwrap_or_default(),
                 &format!("HTML for {}", e.to),
+                &Default::default(),
                 &mut diags,
             );
         }

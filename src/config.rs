@@ -312,7 +312,11 @@ impl FromStr for Rate {
             "s" | "sec" | "second" => 1,
             "m" | "min" | "minute" => 60,
             "h" | "hour" => 3600,
-            other => return Err(format!("invalid rate `{s}`: unknown unit `{other}`; {help}")),
+            other => {
+                return Err(format!(
+                    "invalid rate `{s}`: unknown unit `{other}`; {help}"
+                ));
+            }
         };
         Ok(Rate {
             count,
@@ -393,9 +397,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         // First pass straight from the text, so that errors carry a line.
-        let mut config: Config =
+        let mut config: Config = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
+        let mut table: toml::Table =
             toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
         let mut overridden = Vec::new();
         let mut secrets = Secrets::default();
         for (var, value) in env {
@@ -546,10 +550,7 @@ fn env_key(rest: &str) -> Option<(&'static str, String)> {
 }
 
 fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e
-        .span()
-        .map(|s| line_col(text, s.start))
-        .unwrap_or((1, 1));
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
     let mut message = e.message().trim().to_string();
     if message.starts_with("unknown field") {
         // serde says "field"; users of a TOML file think in keys.
@@ -573,7 +574,10 @@ fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, column)
 }
 
@@ -699,10 +703,18 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!("14/s".parse::<Rate>().unwrap().interval().as_micros(), 71428);
+        assert_eq!(
+            "14/s".parse::<Rate>().unwrap().interval().as_micros(),
+            71428
+        );
         assert_eq!("2000/h".parse::<Rate>().unwrap().to_string(), "2000/h");
         assert!("0/s".parse::<Rate>().is_err());
-        assert!("10/day".parse::<Rate>().unwrap_err().contains("unknown unit"));
+        assert!(
+            "10/day"
+                .parse::<Rate>()
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         let err = Config::parse("[send]\nrate = \"10/d\"\n", "t.toml")
             .unwrap_err()
             .to_string();

@@ -242,12 +242,9 @@ fn parse_front_matter(
                 .location()
                 .map(|l| (l.line() + first_line - 1, l.column()))
                 .unwrap_or((first_line, 1));
-            let msg = e.to_string();
-            // serde_yaml appends " at line N column M": we say it in front.
-            let msg = match msg.rfind(" at line ") {
-                Some(i) => msg[..i].to_string(),
-                None => msg,
-            };
+            // libyaml's marks (" at line N column M") count from the start
+            // of the YAML, not the file; the location is said up front.
+            let msg = strip_marks(&e.to_string());
             err(line, column, format!("front matter: {msg}"))
         })?
     };
@@ -346,6 +343,25 @@ fn parse_front_matter(
     })
 }
 
+/// Removes every " at line N column M" from a YAML error message.
+fn strip_marks(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let after = &after[digits..];
+        let after = match after.strip_prefix(" column ") {
+            Some(a) => &a[a.bytes().take_while(u8::is_ascii_digit).count()..],
+            None => after,
+        };
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 fn valid_date(s: &str) -> bool {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(s.trim(), &format).is_ok()
@@ -382,8 +398,9 @@ fn parse_body(
     let mut intro = Vec::new();
     let mut sections: Vec<Section> = Vec::new();
     let mut run: Vec<Event> = Vec::new();
-    let events: Vec<(Event, std::ops::Range<usize>)> =
-        Parser::new_ext(body, markdown_options()).into_offset_iter().collect();
+    let events: Vec<(Event, std::ops::Range<usize>)> = Parser::new_ext(body, markdown_options())
+        .into_offset_iter()
+        .collect();
 
     // Checks on every link and image, wherever they are.
     for (i, (event, range)) in events.iter().enumerate() {
@@ -392,15 +409,13 @@ fn parse_body(
                 dest_url,
                 link_type,
                 ..
-            }) => {
-                if !link_allowed(dest_url) && *link_type != LinkType::Email {
-                    diags.push(Diagnostic::error(
-                        Some(format!("{origin}:{}", line_of(range.start))),
-                        format!(
-                            "link `{dest_url}` is neither http(s), mailto nor tel: emails need absolute links, e.g. https://example.org/page"
-                        ),
-                    ));
-                }
+            }) if !link_allowed(dest_url) && *link_type != LinkType::Email => {
+                diags.push(Diagnostic::error(
+                    Some(format!("{origin}:{}", line_of(range.start))),
+                    format!(
+                        "link `{dest_url}` is neither http(s), mailto nor tel: emails need absolute links, e.g. https://example.org/page"
+                    ),
+                ));
             }
             Event::Start(Tag::Image { dest_url, .. }) => {
                 let alt = image_alt(&events[i + 1..]);
@@ -457,11 +472,7 @@ fn parse_body(
             Event::Start(Tag::BlockQuote(_)) => {
                 flush(&mut run, &mut intro, &mut sections);
                 let end = matching_end(&events, i);
-                push_block(
-                    &mut intro,
-                    &mut sections,
-                    quote_block(&events[i + 1..end]),
-                );
+                push_block(&mut intro, &mut sections, quote_block(&events[i + 1..end]));
                 i = end + 1;
                 continue;
             }
@@ -551,10 +562,9 @@ fn lone_image(inner: &[(Event, std::ops::Range<usize>)]) -> Option<Block> {
     let end = inner
         .iter()
         .position(|(e, _)| matches!(e, Event::End(TagEnd::Image)))?;
-    if inner[end + 1..]
-        .iter()
-        .any(|(e, _)| !matches!(e, Event::SoftBreak) && !matches!(e, Event::Text(t) if t.trim().is_empty()))
-    {
+    if inner[end + 1..].iter().any(|(e, _)| {
+        !matches!(e, Event::SoftBreak) && !matches!(e, Event::Text(t) if t.trim().is_empty())
+    }) {
         return None;
     }
     Some(Block::Image {
@@ -710,8 +720,8 @@ mod tests {
     #[test]
     fn bad_yaml_names_line() {
         assert_eq!(
-            err("---\ntitle: A\nissue: [1\n---\nbody\n"),
-            "content/t.md:4:1: front matter: did not find expected ',' or ']' while parsing a flow sequence at line 3 column 8"
+            err("---\ntitle: A\nsubject: \"unclosed\n---\nbody\n"),
+            "content/t.md:4:1: front matter: found unexpected end of stream, while scanning a quoted scalar"
         );
         assert_eq!(
             err("---\ntitle: A\nissue: seventeen\n---\nbody\n"),
@@ -781,8 +791,16 @@ mod tests {
             "---\ntitle: T\npreheader: p\n---\nSee [here](page.html).\n\n![](https://x.org/a.png)\n\n[ok](mailto:a@b.org) [call](tel:+1555)\n",
         );
         let text = d.to_string();
-        assert!(text.contains("content/t.md:5: error: link `page.html` is neither http(s), mailto nor tel"), "{text}");
-        assert!(text.contains("content/t.md:7: error: image `https://x.org/a.png` has no alt text"), "{text}");
+        assert!(
+            text.contains(
+                "content/t.md:5: error: link `page.html` is neither http(s), mailto nor tel"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("content/t.md:7: error: image `https://x.org/a.png` has no alt text"),
+            "{text}"
+        );
         assert_eq!(d.errors().count(), 2, "{text}");
     }
 }

@@ -33,7 +33,10 @@ pub fn unique_stem(email: &str) -> String {
         return stem;
     }
     let hash = Sha256::digest(email.as_bytes());
-    format!("{stem}~{:02x}{:02x}{:02x}{:02x}", hash[0], hash[1], hash[2], hash[3])
+    format!(
+        "{stem}~{:02x}{:02x}{:02x}{:02x}",
+        hash[0], hash[1], hash[2], hash[3]
+    )
 }
 
 impl Transport for FileTransport {

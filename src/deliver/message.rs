@@ -4,9 +4,7 @@
 use std::str::FromStr;
 
 use lettre::Address;
-use lettre::message::header::{
-    ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
-};
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
 use super::unsubscribe::Signer;
@@ -144,17 +142,9 @@ impl MessageFactory {
     }
 }
 
-/// A UTF-8 text part; lettre picks quoted-printable or base64 for it.
+/// A UTF-8 text part; lettre picks 7bit, quoted-printable or base64.
 fn text_part(body: String, content_type: ContentType) -> SinglePart {
-    let encoding = if body.is_ascii() && body.lines().all(|l| l.len() <= 900) {
-        ContentTransferEncoding::SevenBit
-    } else {
-        ContentTransferEncoding::QuotedPrintable
-    };
-    SinglePart::builder()
-        .header(content_type)
-        .header(encoding)
-        .body(body)
+    SinglePart::builder().header(content_type).body(body)
 }
 
 /// A recipient address lettre accepts (it is stricter than most validators
@@ -202,9 +192,8 @@ fn dkim_config(
     } else {
         (DkimSigningAlgorithm::Ed25519, key.trim())
     };
-    let signing_key = DkimSigningKey::new(key_text, algorithm).map_err(|e| {
-        DeliverError::Config(format!("{origin}: the DKIM key does not load: {e}"))
-    })?;
+    let signing_key = DkimSigningKey::new(key_text, algorithm)
+        .map_err(|e| DeliverError::Config(format!("{origin}: the DKIM key does not load: {e}")))?;
     let domain = if d.domain.trim().is_empty() {
         from_domain.to_string()
     } else {

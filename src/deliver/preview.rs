@@ -109,6 +109,8 @@ impl Transport for PreviewTransport {
         let html = parsed.body_html(0).unwrap_or_default();
         let text = parsed.body_text(0).unwrap_or_default();
         write(&self.dir.join(format!("{stem}.html")), html.as_bytes())?;
+        // MIME text is CRLF; the preview file is for reading in an editor.
+        let text = text.replace("\r\n", "\n");
         write(&self.dir.join(format!("{stem}.txt")), text.as_bytes())?;
         let to_header = parsed
             .to()

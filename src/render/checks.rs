@@ -1,6 +1,8 @@
 //! Checks on the compiled HTML: what the content checks cannot see because
 //! templates produced it (logo, buttons, footer links).
 
+use std::collections::HashSet;
+
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::render::personalise::{TOKEN_OPEN, token};
 
@@ -9,7 +11,9 @@ use crate::render::personalise::{TOKEN_OPEN, token};
 pub const GMAIL_CLIP_BYTES: usize = 102 * 1024;
 
 /// Checks one HTML document; `what` says which (e.g. "rendered HTML").
-pub fn check_html(html: &str, what: &str, diags: &mut Diagnostics) {
+/// Links and images in `checked` were checked already (the content's own,
+/// reported with their line) and are not reported again.
+pub fn check_html(html: &str, what: &str, checked: &HashSet<String>, diags: &mut Diagnostics) {
     let at = || Some(what.to_string());
     if html.len() > GMAIL_CLIP_BYTES {
         diags.push(Diagnostic::error(
@@ -38,6 +42,9 @@ pub fn check_html(html: &str, what: &str, diags: &mut Diagnostics) {
         match tag.name.as_str() {
             "img" => {
                 let src = tag.attr("src").unwrap_or_default();
+                if checked.contains(&src) {
+                    continue;
+                }
                 match tag.attr("alt") {
                     None => diags.push(Diagnostic::error(
                         at(),
@@ -60,10 +67,14 @@ pub fn check_html(html: &str, what: &str, diags: &mut Diagnostics) {
                     has_unsubscribe = true;
                     continue;
                 }
-                if let Some(id) = href.strip_prefix('#') {
-                    if !id.is_empty() && ids.iter().any(|i| i == id) {
-                        continue;
-                    }
+                if checked.contains(&href) {
+                    continue;
+                }
+                if let Some(id) = href.strip_prefix('#')
+                    && !id.is_empty()
+                    && ids.iter().any(|i| i == id)
+                {
+                    continue;
                 }
                 if href.starts_with(TOKEN_OPEN) {
                     continue;
@@ -103,6 +114,14 @@ impl Tag<'_> {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| decode_entities(&v))
     }
+}
+
+/// Every `href` and `src` value in `html`.
+pub fn urls(html: &str) -> impl Iterator<Item = String> + '_ {
+    tags(html)
+        .into_iter()
+        .flat_map(|t| [t.attr("href"), t.attr("src")])
+        .flatten()
 }
 
 /// Start tags in document order, outside comments. Enough for checking
@@ -224,7 +243,7 @@ mod tests {
 
     fn check(html: &str) -> String {
         let mut d = Diagnostics::default();
-        check_html(html, "rendered HTML", &mut d);
+        check_html(html, "rendered HTML", &HashSet::new(), &mut d);
         d.to_string()
     }
 
@@ -240,12 +259,33 @@ mod tests {
 
     #[test]
     fn each_problem_is_named() {
-        let out = check("<img src=\"https://x/a.png\"><img src=\"b.png\" alt=\" \"><a href=\"page.html\">p</a><a href=\"javascript:alert(1)\">j</a>");
-        assert!(out.contains("rendered HTML: error: image `https://x/a.png` has no alt attribute"), "{out}");
+        let out = check(
+            "<img src=\"https://x/a.png\"><img src=\"b.png\" alt=\" \"><a href=\"page.html\">p</a><a href=\"javascript:alert(1)\">j</a>",
+        );
+        assert!(
+            out.contains("rendered HTML: error: image `https://x/a.png` has no alt attribute"),
+            "{out}"
+        );
         assert!(out.contains("image `b.png` has empty alt text"), "{out}");
-        assert!(out.contains("link `page.html` is neither http(s), mailto nor tel"), "{out}");
+        assert!(
+            out.contains("link `page.html` is neither http(s), mailto nor tel"),
+            "{out}"
+        );
         assert!(out.contains("link `javascript:alert(1)`"), "{out}");
         assert!(out.contains("there is no unsubscribe link"), "{out}");
+    }
+
+    #[test]
+    fn already_checked_urls_are_not_reported_twice() {
+        let mut d = Diagnostics::default();
+        let checked = HashSet::from(["page.html".to_string(), "b.png".to_string()]);
+        check_html(
+            &format!("<a href=\"page.html\">p</a><img src=\"b.png\">{UNSUB}"),
+            "rendered HTML",
+            &checked,
+            &mut d,
+        );
+        assert!(d.is_empty(), "{d}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod checks;
 pub mod personalise;
 pub mod plain;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -78,7 +78,9 @@ pub enum RenderError {
         message: String,
         detail: String,
     },
-    #[error("MJML produced by the templates does not compile: {message} (run with --emit-mjml to inspect it)")]
+    #[error(
+        "MJML produced by the templates does not compile: {message} (run with --emit-mjml to inspect it)"
+    )]
     Mjml { message: String },
 }
 
@@ -143,11 +145,12 @@ impl Renderer {
             .collect();
         if let Some(dir) = dir.filter(|d| d.is_dir()) {
             for (name, path) in template_files(dir)? {
-                let text =
-                    std::fs::read_to_string(&path).map_err(|source| RenderError::ReadTemplates {
+                let text = std::fs::read_to_string(&path).map_err(|source| {
+                    RenderError::ReadTemplates {
                         path: path.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 templates.insert(name, (text, path.display().to_string()));
             }
         }
@@ -156,6 +159,7 @@ impl Renderer {
         // would pass `<script>` through untouched.
         tera.autoescape_on([".mjml", ".html"]);
         tera.register_filter("default", personal_default);
+        tera.register_filter("wrap", wrap_filter);
         let origins: Origins = templates
             .iter()
             .map(|(name, (text, origin))| (name.clone(), (origin.clone(), text.clone())))
@@ -208,7 +212,7 @@ impl Renderer {
         }
         // Checked with its tokens in place: the unsubscribe link is found
         // by its token, and values add only a few bytes.
-        checks::check_html(html.source(), "rendered HTML", diags);
+        checks::check_html(html.source(), "rendered HTML", &content_urls(issue), diags);
         if !text.uses("unsubscribe_url") {
             diags.push(Diagnostic::warning(
                 Some("plain-text part".into()),
@@ -226,6 +230,27 @@ impl Renderer {
             web_url,
         })
     }
+}
+
+/// URLs in the issue's own content: checked (with their line) by the
+/// content stage.
+fn content_urls(issue: &Issue) -> HashSet<String> {
+    let mut urls = HashSet::new();
+    for block in issue
+        .intro
+        .iter()
+        .chain(issue.sections.iter().flat_map(|s| s.blocks.iter()))
+    {
+        match block {
+            Block::Html { html, .. } | Block::Quote { html, .. } => {
+                urls.extend(checks::urls(html));
+            }
+            Block::Image { src, .. } => {
+                urls.insert(src.clone());
+            }
+        }
+    }
+    urls
 }
 
 fn personalisable(s: String, what: &str, diags: &mut Diagnostics) -> Personalisable {
@@ -299,6 +324,12 @@ fn personal_default(val: Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> 
     Ok(if missing { fallback } else { val })
 }
 
+/// `{{ text | wrap }}` or `wrap(width=60)`: word-wraps plain text.
+fn wrap_filter(val: &str, kwargs: Kwargs, _: &State) -> TeraResult<String> {
+    let width = kwargs.get::<usize>("width")?.unwrap_or(plain::WIDTH);
+    Ok(plain::wrap(val, width.max(10)))
+}
+
 fn render_subject(subject: &str, context: &Context, path: &Path) -> Result<String, RenderError> {
     if !subject.contains("{{") && !subject.contains("{%") {
         return Ok(subject.to_string());
@@ -319,10 +350,7 @@ fn compile_mjml(mjml: &str, diags: &mut Diagnostics) -> Result<String, RenderErr
         message: e.to_string(),
     })?;
     for w in &parsed.warnings {
-        diags.push(Diagnostic::warning(
-            Some("MJML".into()),
-            format!("{w:?}"),
-        ));
+        diags.push(Diagnostic::warning(Some("MJML".into()), format!("{w:?}")));
     }
     let options = mrml::prelude::render::RenderOptions {
         disable_comments: false,

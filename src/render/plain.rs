@@ -9,13 +9,69 @@ pub const WIDTH: usize = 72;
 /// Content HTML to readable text: headings, paragraphs, lists, quotes, and
 /// links as `text (https://…)`.
 pub fn html_to_text(html: &str) -> String {
+    // html2text would break a long URL in the middle: convert unwrapped,
+    // then wrap at word boundaries only.
     let text = html2text::config::with_decorator(Decorator::default())
-        .no_link_wrapping()
         .link_footnotes(false)
-        .string_from_read(html.as_bytes(), WIDTH)
+        .string_from_read(html.as_bytes(), 100_000)
         .unwrap_or_else(|_| html.to_string());
+    let text = wrap(&text, WIDTH);
     let trimmed: Vec<&str> = text.lines().map(str::trim_end).collect();
     trimmed.join("\n").trim_matches('\n').to_string()
+}
+
+/// Greedy word wrap at `width` columns, keeping existing line breaks; a
+/// word longer than the width (a URL) stays whole on its own line. List
+/// items continue under their text, quoted lines keep their `> `.
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / width);
+    for (i, line) in text.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let (prefix, rest) = split_prefix(line);
+        let continuation = if prefix.trim_start().starts_with('>') {
+            prefix.to_string()
+        } else {
+            " ".repeat(prefix.chars().count())
+        };
+        out.push_str(prefix);
+        let start = prefix.chars().count();
+        let mut col = start;
+        for word in rest.split_whitespace() {
+            let w = word.chars().count();
+            if col > start && col + 1 + w > width {
+                out.push('\n');
+                out.push_str(&continuation);
+                col = start;
+            } else if col > start {
+                out.push(' ');
+                col += 1;
+            }
+            out.push_str(word);
+            col += w;
+        }
+    }
+    out
+}
+
+/// Leading indentation plus a list marker (`- `, `* `, `12. `) or quote
+/// markers (`> `).
+fn split_prefix(line: &str) -> (&str, &str) {
+    let indent = line.len() - line.trim_start().len();
+    let rest = &line[indent..];
+    let quote = rest.len() - rest.trim_start_matches(['>', ' ']).len();
+    if quote > 0 && rest.starts_with('>') {
+        return line.split_at(indent + quote);
+    }
+    if rest.starts_with("- ") || rest.starts_with("* ") {
+        return line.split_at(indent + 2);
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits > 0 && rest[digits..].starts_with(". ") {
+        return line.split_at(indent + digits + 2);
+    }
+    line.split_at(indent)
 }
 
 /// Like html2text's plain decorator, but links keep their URL inline in
@@ -102,7 +158,23 @@ mod tests {
         );
         assert_eq!(
             text,
-            "Read the guide (https://example.org/a) or write to us\n(help@example.org).\n\n- one\n- two\n\n### Next\n\nBye & thanks"
+            "Read the guide (https://example.org/a) or write to us\n(help@example.org).\n- one\n- two\n\n### Next\n\nBye & thanks"
+        );
+    }
+
+    #[test]
+    fn wrap_keeps_breaks_and_long_words() {
+        let url = format!("https://example.org/{}", "x".repeat(80));
+        assert_eq!(
+            wrap(&format!("one two three\nfour {url} five"), 9),
+            format!("one two\nthree\nfour\n{url}\nfive")
+        );
+        assert_eq!(
+            wrap(
+                "- alpha beta gamma\n12. delta epsilon\n> > zeta eta theta",
+                12
+            ),
+            "- alpha beta\n  gamma\n12. delta\n    epsilon\n> > zeta eta\n> > theta"
         );
     }
 
@@ -111,7 +183,11 @@ mod tests {
         let long = "word ".repeat(40);
         let url = format!("https://example.org/{}", "x".repeat(100));
         let text = html_to_text(&format!("<p>{long}<a href=\"{url}\">link</a></p>"));
-        assert!(text.lines().filter(|l| !l.contains(&url)).all(|l| l.chars().count() <= WIDTH));
+        assert!(
+            text.lines()
+                .filter(|l| !l.contains(&url))
+                .all(|l| l.chars().count() <= WIDTH)
+        );
         assert!(text.contains(&url), "{text}");
     }
 }
