@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod send;
+
 use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
 use crate::content::Issue;
 use crate::deliver::preview::GalleryInfo;
@@ -39,6 +41,10 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Check an issue without writing anything: exit 1 on errors, 0 with warnings
     Check(CheckArgs),
+    /// Send an issue: --dry-run writes .eml files, --to sends a test, otherwise every subscriber
+    Send(send::SendArgs),
+    /// What was sent, failed, deferred and skipped for an issue
+    Status(send::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +109,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Preview(args) => preview(&config, args),
         Command::Check(args) => check(&config, args),
+        Command::Send(args) => send::send(&config, args),
+        Command::Status(args) => send::status(&config, args),
     }
 }
 
@@ -111,13 +119,9 @@ fn project_dir(config: &Config) -> PathBuf {
     config.base_dir()
 }
 
-/// Recipients for a preview or check: `--subscribers`, else the sample list.
-fn load_recipients(config: &Config, args: &RecipientArgs) -> Result<(Vec<Recipient>, FieldSet)> {
-    let path = match &args.subscribers {
-        Some(p) => p.clone(),
-        None => project_dir(config).join("subscribers/sample.csv"),
-    };
-    let read = crate::subscribers::csv::read_recipients(&path)?;
+/// Reads a recipient CSV, printing the rows it had to leave out.
+fn read_csv(path: &Path) -> Result<crate::subscribers::csv::CsvRecipients> {
+    let read = crate::subscribers::csv::read_recipients(path)?;
     for s in &read.skipped {
         eprintln!(
             "warning: {}:{}: row skipped: {}",
@@ -126,6 +130,16 @@ fn load_recipients(config: &Config, args: &RecipientArgs) -> Result<(Vec<Recipie
             s.reason
         );
     }
+    Ok(read)
+}
+
+/// Recipients for a preview or check: `--subscribers`, else the sample list.
+fn load_recipients(config: &Config, args: &RecipientArgs) -> Result<(Vec<Recipient>, FieldSet)> {
+    let path = match &args.subscribers {
+        Some(p) => p.clone(),
+        None => project_dir(config).join("subscribers/sample.csv"),
+    };
+    let read = read_csv(&path)?;
     Ok((
         read.recipients,
         FieldSet {
@@ -225,12 +239,18 @@ fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
         })?;
         eprintln!("wrote {}", path.display());
     }
-    let factory = MessageFactory::new(config, preview_signer(config, &mut diags))?;
+    let info = GalleryInfo {
+        title: rendered.title.clone(),
+        preheader: rendered.preheader.clone(),
+        web_url: rendered.web_url.clone(),
+        findings: Vec::new(),
+    };
+    let factory = MessageFactory::new(config, preview_signer(config, &mut diags), rendered)?;
     let transport = PreviewTransport::new(&out);
     let runtime = runtime()?;
     runtime.block_on(async {
         for r in &recipients {
-            let message = match factory.build(&rendered, r) {
+            let message = match factory.build(r) {
                 Ok(m) => m,
                 Err(e) => {
                     diags.push(Diagnostic::error(Some(r.email.clone()), e.to_string()));
@@ -255,10 +275,8 @@ fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
         }
     }
     let info = GalleryInfo {
-        title: rendered.title.clone(),
-        preheader: rendered.preheader.clone(),
-        web_url: rendered.web_url.clone(),
         findings: diags.iter().map(ToString::to_string).collect(),
+        ..info
     };
     let index = transport
         .finish(&info)

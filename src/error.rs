@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::content::ContentError;
+use crate::db::DbError;
 use crate::deliver::DeliverError;
 use crate::render::RenderError;
 use crate::subscribers::csv::CsvError;
@@ -20,6 +21,8 @@ pub enum Error {
     Deliver(#[from] DeliverError),
     #[error(transparent)]
     Csv(#[from] CsvError),
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,

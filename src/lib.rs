@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod db;
 pub mod deliver;
 pub mod diagnostics;
 pub mod error;

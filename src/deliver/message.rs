@@ -4,19 +4,22 @@
 use std::str::FromStr;
 
 use lettre::Address;
-use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::address::Envelope;
+use lettre::message::header::{self, ContentType, Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 
+use super::mime::{EncodedPart, header_line};
 use super::unsubscribe::Signer;
 use super::{DeliverError, Outgoing};
 use crate::config::{Config, sender_domain};
 use crate::render::RenderedIssue;
-use crate::render::personalise::header_safe;
+use crate::render::personalise::{Escape, header_safe};
 use crate::subscribers::{Recipient, RecipientFields};
 
 /// Everything that is the same for all recipients of an issue, prepared
 /// once; `build` does only the per-recipient work.
 pub struct MessageFactory {
+    issue: RenderedIssue,
     from: Mailbox,
     reply_to: Option<Mailbox>,
     list_id: String,
@@ -24,6 +27,13 @@ pub struct MessageFactory {
     domain: String,
     signer: Signer,
     dkim: Option<lettre::message::dkim::DkimConfig>,
+    /// The headers every message shares, encoded once.
+    common_headers: String,
+    text: EncodedPart,
+    html: EncodedPart,
+    /// The subject when it has no subscriber fields, encoded once.
+    fixed_subject: Option<String>,
+    boundary: String,
 }
 
 /// Why one recipient's message could not be built. The recipient is
@@ -39,7 +49,11 @@ pub enum BuildError {
 impl MessageFactory {
     /// Checks the sender identity and prepares the per-issue parts.
     /// `signer` makes the unsubscribe links.
-    pub fn new(config: &Config, signer: Signer) -> Result<MessageFactory, DeliverError> {
+    pub fn new(
+        config: &Config,
+        signer: Signer,
+        issue: RenderedIssue,
+    ) -> Result<MessageFactory, DeliverError> {
         let n = &config.newsletter;
         let origin = config
             .origin
@@ -75,14 +89,48 @@ impl MessageFactory {
         } else {
             None
         };
+        let list_id = config.list_id();
+        // "=_" cannot occur in quoted-printable text, so the boundary cannot
+        // collide with the parts it separates.
+        let boundary = format!("=_tidings_{}", uuid::Uuid::new_v4().simple());
+        let mut common_headers = header_line(header::From::from(Mailboxes::from(from.clone())));
+        if let Some(rt) = &reply_to {
+            common_headers.push_str(&header_line(header::ReplyTo::from(Mailboxes::from(
+                rt.clone(),
+            ))));
+        }
+        common_headers.push_str(&header_line(ListUnsubscribePost(
+            "List-Unsubscribe=One-Click".into(),
+        )));
+        common_headers.push_str(&header_line(ListId(list_id.clone())));
+        common_headers.push_str(&header_line(Precedence("bulk".into())));
+        common_headers.push_str(&header_line(TidingsIssue(issue.slug.clone())));
+        common_headers.push_str(&header_line(header::UserAgent::from(user_agent())));
+        common_headers.push_str("MIME-Version: 1.0\r\n");
+        common_headers.push_str(&format!(
+            "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n"
+        ));
+        let fixed_subject = issue.subject.fields().is_empty().then(|| {
+            header_line(header::Subject::from(
+                issue
+                    .subject
+                    .render(&crate::render::personalise::Generic, Escape::Header),
+            ))
+        });
         Ok(MessageFactory {
+            text: EncodedPart::new(&issue.text, Escape::Text),
+            html: EncodedPart::new(&issue.html, Escape::Html),
+            issue,
             from,
             reply_to,
-            list_id: config.list_id(),
+            list_id,
             unsubscribe_mailto,
             domain,
             signer,
             dkim,
+            common_headers,
+            fixed_subject,
+            boundary,
         })
     }
 
@@ -90,25 +138,86 @@ impl MessageFactory {
         &self.signer
     }
 
+    pub fn issue(&self) -> &RenderedIssue {
+        &self.issue
+    }
+
     /// The message for one recipient.
-    pub fn build(&self, issue: &RenderedIssue, r: &Recipient) -> Result<Outgoing, BuildError> {
+    pub fn build(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
+        if self.dkim.is_some() {
+            return self.build_with_lettre(r);
+        }
+        let address = parse_address(&r.email)?;
+        let unsubscribe_url = self.signer.url(&self.issue.slug, &r.email);
+        let fields = RecipientFields::new(r, &unsubscribe_url);
+        let to = self.to_mailbox(r, address.clone());
+        let message_id = format!("<{}@{}>", uuid::Uuid::new_v4().simple(), self.domain);
+
+        let mut out = String::with_capacity(
+            self.common_headers.len() + self.text.size_hint() + self.html.size_hint() + 1024,
+        );
+        out.push_str(&header_line(header::Date::now()));
+        out.push_str(&header_line(header::To::from(Mailboxes::from(to))));
+        match &self.fixed_subject {
+            Some(s) => out.push_str(s),
+            None => out.push_str(&header_line(header::Subject::from(
+                self.issue.subject.render(&fields, Escape::Header),
+            ))),
+        }
+        out.push_str(&header_line(header::MessageId::from(message_id.clone())));
+        out.push_str(&header_line(ListUnsubscribe(
+            self.list_unsubscribe(&unsubscribe_url),
+        )));
+        out.push_str(&self.common_headers);
+        let b = &self.boundary;
+        out.push_str(&format!(
+            "\r\n--{b}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ));
+        self.text.write(&fields, &mut out);
+        out.push_str(&format!(
+            "\r\n--{b}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ));
+        self.html.write(&fields, &mut out);
+        out.push_str(&format!("\r\n--{b}--\r\n"));
+        let envelope = Envelope::new(Some(self.from.email.clone()), vec![address])
+            .map_err(|e| BuildError::Message(e.to_string()))?;
+        Ok(Outgoing {
+            to: r.email.clone(),
+            envelope,
+            bytes: out.into_bytes(),
+            message_id,
+        })
+    }
+
+    /// The `To` mailbox: the name made safe for a header (lettre panics on
+    /// CR/LF in a display name).
+    fn to_mailbox(&self, r: &Recipient, address: Address) -> Mailbox {
+        let name = r.full_name();
+        let name = header_safe(&name);
+        Mailbox::new(
+            (!name.trim().is_empty()).then(|| name.trim().to_string()),
+            address,
+        )
+    }
+
+    fn list_unsubscribe(&self, url: &str) -> String {
+        match &self.unsubscribe_mailto {
+            Some(m) => format!("<mailto:{m}?subject=unsubscribe>, <{url}>"),
+            None => format!("<{url}>"),
+        }
+    }
+
+    /// The same message through lettre's builder, which can DKIM-sign it.
+    pub(crate) fn build_with_lettre(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
+        let issue = &self.issue;
         let address = parse_address(&r.email)?;
         let unsubscribe_url = self.signer.url(&issue.slug, &r.email);
         let fields = RecipientFields::new(r, &unsubscribe_url);
         let content = issue.personalise(&fields);
 
-        // lettre panics on CR/LF in a display name: neutralise first.
-        let name = r.full_name();
-        let name = header_safe(&name);
-        let to = Mailbox::new(
-            (!name.trim().is_empty()).then(|| name.trim().to_string()),
-            address.clone(),
-        );
-        let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), self.domain);
-        let mut list_unsubscribe = format!("<{unsubscribe_url}>");
-        if let Some(m) = &self.unsubscribe_mailto {
-            list_unsubscribe = format!("<mailto:{m}?subject=unsubscribe>, {list_unsubscribe}");
-        }
+        let to = self.to_mailbox(r, address);
+        let message_id = format!("<{}@{}>", uuid::Uuid::new_v4().simple(), self.domain);
+        let list_unsubscribe = self.list_unsubscribe(&unsubscribe_url);
         let mut builder = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -120,7 +229,7 @@ impl MessageFactory {
             .header(ListId(self.list_id.clone()))
             .header(Precedence("bulk".into()))
             .header(TidingsIssue(issue.slug.clone()))
-            .user_agent(concat!("tidings/", env!("CARGO_PKG_VERSION")).to_string());
+            .user_agent(user_agent());
         if let Some(rt) = &self.reply_to {
             builder = builder.reply_to(rt.clone());
         }
@@ -140,6 +249,10 @@ impl MessageFactory {
             message_id,
         })
     }
+}
+
+fn user_agent() -> String {
+    concat!("tidings/", env!("CARGO_PKG_VERSION")).to_string()
 }
 
 /// A UTF-8 text part; lettre picks 7bit, quoted-printable or base64.
@@ -256,4 +369,141 @@ raw_header_types! {
     ListId => "List-Id",
     Precedence => "Precedence",
     TidingsIssue => "X-Tidings-Issue",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::Issue;
+    use crate::diagnostics::Diagnostics;
+    use crate::render::{FieldSet, Renderer};
+
+    fn factory(subject: &str) -> MessageFactory {
+        let config = Config::parse(
+            "[newsletter]\nname = \"Test\"\nfrom = \"Test Letter <news@example.org>\"\nreply_to = \"Editor <ed@example.org>\"\nbase_url = \"https://news.example.org\"\nunsubscribe_mailto = \"unsub@example.org\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let mut d = Diagnostics::default();
+        let issue = Issue::parse(
+            &format!("---\ntitle: Hello\nsubject: \"{subject}\"\npreheader: p\n---\nHi there, = signs and “quotes”.\n\n## Part\n\n{}\n", "long line ".repeat(30)),
+            "t.md",
+            "issue-9",
+            &mut d,
+        )
+        .unwrap();
+        let rendered = Renderer::new(None)
+            .unwrap()
+            .render(
+                &issue,
+                &config,
+                &FieldSet {
+                    attributes: vec!["city".into()],
+                },
+                &mut d,
+            )
+            .unwrap();
+        MessageFactory::new(
+            &config,
+            Signer::new(b"secret-secret-secret", "https://news.example.org"),
+            rendered,
+        )
+        .unwrap()
+    }
+
+    fn hostile() -> Recipient {
+        let mut r = Recipient::new("ann@example.org");
+        r.first_name = "Ann\r\nBcc: all@example.org".into();
+        r.last_name = "Ørsted <b>".into();
+        r.attributes.insert("city".into(), "Zürich".into());
+        r
+    }
+
+    #[test]
+    fn fast_path_equals_lettre_builder() {
+        let f = factory("{{ subscriber.first_name | default(value='Friend') }}, issue 9 ünïcode");
+        let r = hostile();
+        let fast = f.build(&r).unwrap();
+        let slow = f.build_with_lettre(&r).unwrap();
+        let parser = mail_parser::MessageParser::default();
+        let a = parser.parse(&fast.bytes).unwrap();
+        let b = parser.parse(&slow.bytes).unwrap();
+        assert_eq!(a.subject(), b.subject());
+        assert_eq!(
+            a.subject(),
+            Some("Ann  Bcc: all@example.org, issue 9 ünïcode")
+        );
+        for (x, y) in [
+            (a.from(), b.from()),
+            (a.to(), b.to()),
+            (a.reply_to(), b.reply_to()),
+        ] {
+            let (x, y) = (x.unwrap().first().unwrap(), y.unwrap().first().unwrap());
+            assert_eq!((&x.name, &x.address), (&y.name, &y.address));
+        }
+        for h in [
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "List-Id",
+            "Precedence",
+        ] {
+            assert_eq!(
+                a.header_raw(h).map(str::trim),
+                b.header_raw(h).map(str::trim),
+                "{h}"
+            );
+        }
+        assert_eq!(a.body_text(0), b.body_text(0));
+        assert_eq!(a.body_html(0), b.body_html(0));
+        assert!(
+            a.body_html(0)
+                .unwrap()
+                .contains("Hi Ann  Bcc: all@example.org,")
+        );
+        // No header was added or split by the name.
+        let head = std::str::from_utf8(&fast.bytes)
+            .unwrap()
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(
+            !head
+                .lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+            "{head}"
+        );
+        assert!(fast.bytes.split(|&c| c == b'\n').all(|l| l.len() <= 998));
+        assert_eq!(fast.envelope.to(), [r.email.parse::<Address>().unwrap()]);
+    }
+
+    #[test]
+    fn headers_are_present_and_unique_ids() {
+        let f = factory("Plain subject");
+        let one = f.build(&Recipient::new("a@example.org")).unwrap();
+        let two = f.build(&Recipient::new("b@example.org")).unwrap();
+        assert_ne!(one.message_id, two.message_id);
+        assert!(one.message_id.ends_with("@example.org>"));
+        let text = String::from_utf8(one.bytes).unwrap();
+        for h in [
+            "From: \"Test Letter\" <news@example.org>\r\n",
+            "Reply-To: Editor <ed@example.org>\r\n",
+            "To: a@example.org\r\n",
+            "Subject: Plain subject\r\n",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            "List-Unsubscribe: <mailto:unsub@example.org?subject=unsubscribe>,\r\n <https://news.example.org/u/v1.issue-9.",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: multipart/alternative;\r\n boundary=\"=_tidings_",
+        ] {
+            assert!(text.contains(h), "missing {h:?} in\n{text}");
+        }
+        assert!(text.contains(&format!("Message-ID: {}\r\n", one.message_id)));
+    }
+
+    #[test]
+    fn invalid_address_is_a_build_error() {
+        let f = factory("S");
+        let err = f.build(&Recipient::new("not an address")).unwrap_err();
+        assert!(matches!(err, BuildError::Address { .. }), "{err}");
+    }
 }

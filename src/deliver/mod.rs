@@ -5,9 +5,15 @@
 //! and SMTP therefore all see exactly the same message.
 
 pub mod file;
+pub mod journal;
 pub mod memory;
 pub mod message;
+pub mod mime;
 pub mod preview;
+pub mod rate;
+pub mod send;
+pub mod smtp;
+pub mod sources;
 pub mod unsubscribe;
 
 use std::future::Future;
@@ -60,6 +66,32 @@ impl SendError {
             message: message.into(),
         }
     }
+}
+
+/// What became of one attempt, for the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The server accepted it.
+    Sent {
+        key: String,
+        message_id: String,
+        attempts: u32,
+    },
+    /// A transient failure: try again at `retry_at` (Unix ms).
+    Deferred {
+        key: String,
+        attempts: u32,
+        retry_at: i64,
+        error: SendError,
+    },
+    /// Given up: a permanent failure, or transient ones until the limit.
+    Failed {
+        key: String,
+        attempts: u32,
+        error: SendError,
+        /// The address was rejected: the subscriber is marked bounced.
+        bounced: bool,
+    },
 }
 
 /// Takes finished messages somewhere.

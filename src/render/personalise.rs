@@ -82,6 +82,32 @@ struct Slot {
     default: String,
 }
 
+/// A part of a [`Personalisable`]: literal text, or a slot with the
+/// default used when the recipient has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Slot { field: &'a str, default: &'a str },
+}
+
+/// The value a slot takes for one recipient, escaped for `escape`.
+///
+/// The default came from the template and is already in the output's form,
+/// except that a header must stay one line.
+pub fn slot_value(
+    fields: &dyn Fields,
+    field: &str,
+    default: &str,
+    escape: Escape,
+    out: &mut String,
+) {
+    match fields.field(field).filter(|v| !v.trim().is_empty()) {
+        Some(v) => push_escaped(out, v, escape),
+        None if escape == Escape::Header => push_escaped(out, default, escape),
+        None => out.push_str(default),
+    }
+}
+
 /// Output with placeholder slots, split once.
 #[derive(Debug, Clone)]
 pub struct Personalisable {
@@ -142,6 +168,27 @@ impl Personalisable {
         out
     }
 
+    /// The literal runs and slots in order, for a consumer that encodes
+    /// the literal parts once (see `deliver::mime`).
+    pub fn pieces(&self) -> Vec<Piece<'_>> {
+        let mut out = Vec::with_capacity(self.slots.len() * 2 + 1);
+        let mut at = 0;
+        for slot in &self.slots {
+            if slot.start > at {
+                out.push(Piece::Text(&self.source[at..slot.start]));
+            }
+            out.push(Piece::Slot {
+                field: &slot.field,
+                default: &slot.default,
+            });
+            at = slot.end;
+        }
+        if at < self.source.len() {
+            out.push(Piece::Text(&self.source[at..]));
+        }
+        out
+    }
+
     pub fn uses(&self, field: &str) -> bool {
         self.slots.iter().any(|s| s.field == field)
     }
@@ -157,13 +204,7 @@ impl Personalisable {
         let mut at = 0;
         for slot in &self.slots {
             out.push_str(&self.source[at..slot.start]);
-            match fields.field(&slot.field).filter(|v| !v.trim().is_empty()) {
-                Some(v) => push_escaped(out, v, escape),
-                // The default came from the template and is already in the
-                // output's form, except that a header must stay one line.
-                None if escape == Escape::Header => push_escaped(out, &slot.default, escape),
-                None => out.push_str(&slot.default),
-            }
+            slot_value(fields, &slot.field, &slot.default, escape, out);
             at = slot.end;
         }
         out.push_str(&self.source[at..]);

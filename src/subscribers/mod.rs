@@ -78,3 +78,16 @@ impl Fields for RecipientFields<'_> {
 }
 
 pub mod csv;
+
+/// Lower-case hex SHA-256 of the normalised address: the subscriber's
+/// identity in unsubscribe links and in the suppression list.
+pub fn email_hash_hex(email: &str) -> String {
+    use std::fmt::Write;
+    crate::deliver::unsubscribe::email_hash(email).iter().fold(
+        String::with_capacity(64),
+        |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        },
+    )
+}

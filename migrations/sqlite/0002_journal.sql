@@ -1,0 +1,42 @@
+-- The send journal: one campaign per send of an issue to an audience, one
+-- delivery row per (campaign, recipient). Times are Unix milliseconds.
+CREATE TABLE campaigns (
+    id INTEGER PRIMARY KEY,
+    issue TEXT NOT NULL,
+    -- 'all', 'list:<name>' or 'csv:<path>'
+    audience TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    -- Messages that were in flight when an earlier run died: they may have
+    -- been delivered, and are sent again.
+    possible_duplicates INTEGER NOT NULL DEFAULT 0,
+    paused_reason TEXT,
+    -- The process sending it now, and until when its claim holds.
+    runner TEXT,
+    runner_until INTEGER
+);
+CREATE INDEX campaigns_issue ON campaigns (issue, id);
+
+CREATE TABLE deliveries (
+    campaign_id INTEGER NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE,
+    -- Send order: the subscriber id, or the CSV line.
+    seq INTEGER NOT NULL,
+    email_key TEXT NOT NULL,
+    email_hash TEXT NOT NULL,
+    email TEXT NOT NULL,
+    first_name TEXT NOT NULL DEFAULT '',
+    last_name TEXT NOT NULL DEFAULT '',
+    attributes TEXT NOT NULL DEFAULT '{}',
+    -- pending | sending | sent | deferred | failed | skipped
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_code INTEGER,
+    last_error TEXT,
+    sent_at INTEGER,
+    message_id TEXT,
+    worker TEXT,
+    lease_until INTEGER,
+    PRIMARY KEY (campaign_id, email_key)
+);
+CREATE INDEX deliveries_queue ON deliveries (campaign_id, status, next_attempt_at, seq);

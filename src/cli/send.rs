@@ -1,0 +1,615 @@
+//! `tidings send` and `tidings status`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{RecipientArgs, print_diagnostics, project_dir, render_issue, runtime, summary};
+use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET, Rate};
+use crate::content::Issue;
+use crate::db::Db;
+use crate::deliver::journal::{self, Audience, Counts, Journal, format_time};
+use crate::deliver::send::{Progress, Queue, RunStats, SendOptions, Stopped, human_duration};
+use crate::deliver::smtp::SmtpTransport;
+use crate::deliver::sources::{CsvQueue, ListQueue, StoreQueue};
+use crate::deliver::unsubscribe::Signer;
+use crate::deliver::{FileTransport, MessageFactory, Transport};
+use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::render::{FieldSet, RenderedIssue};
+use crate::subscribers::Recipient;
+use crate::{Error, Result};
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The issue, e.g. content/issue-17.md
+    pub issue: PathBuf,
+    /// Write one .eml per recipient instead of sending; no network
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Folder for --dry-run [default: out/dry-run/<issue>]
+    #[arg(long, value_name = "DIR", requires = "dry_run")]
+    pub out: Option<PathBuf>,
+    /// Test send: only to these addresses (the journal is not touched)
+    #[arg(long, value_name = "EMAIL", num_args = 1.., conflicts_with_all = ["list", "subscribers", "resend"])]
+    pub to: Vec<String>,
+    /// Only subscribers on this list
+    #[arg(long, value_name = "NAME", conflicts_with = "subscribers")]
+    pub list: Option<String>,
+    #[command(flatten)]
+    pub recipients: RecipientArgs,
+    /// Messages per unit of time, e.g. 10/s, 300/min, 2000/h [default: send.rate]
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<Rate>,
+    /// SMTP connections and messages in flight [default: send.concurrency]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Send at most N messages in this run; a rerun continues
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Do not ask for confirmation (required when stdin is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Start a new send of this issue: everyone gets it again
+    #[arg(long)]
+    pub resend: bool,
+    /// Write one CSV line per recipient (status, attempts, reply) to FILE
+    #[arg(long, value_name = "FILE.csv")]
+    pub report: Option<PathBuf>,
+    /// No progress output
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The issue, e.g. content/issue-17.md
+    pub issue: PathBuf,
+}
+
+/// Stops the run on Ctrl-C or SIGTERM: in-flight sends finish and are
+/// recorded, the rest stays pending for the next run.
+fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        eprintln!("\nstopping: finishing the messages in flight (a rerun resumes)");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn options(config: &Config, args: &SendArgs) -> SendOptions {
+    let mut o = SendOptions::from_config(&config.send);
+    if let Some(r) = args.rate {
+        o.rate = Some(r);
+    }
+    if let Some(c) = args.concurrency {
+        o.concurrency = c.max(1);
+    }
+    o.limit = args.limit;
+    o
+}
+
+fn signer(config: &Config, required: bool, diags: &mut Diagnostics) -> Result<Signer> {
+    match &config.secrets.unsubscribe_secret {
+        Some(s) if s.expose().len() >= 16 => Ok(Signer::new(
+            s.expose().as_bytes(),
+            &config.newsletter.base_url,
+        )),
+        Some(_) => Err(Error::Usage(format!(
+            "{ENV_UNSUBSCRIBE_SECRET} is too short: use at least 16 random characters, e.g. `openssl rand -hex 32`"
+        ))),
+        None if required => Err(Error::Usage(format!(
+            "{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links must be signed with a secret that `tidings serve` also has; generate one with `openssl rand -hex 32` and export it"
+        ))),
+        None => {
+            diags.push(Diagnostic::warning(
+                None,
+                format!("{ENV_UNSUBSCRIBE_SECRET} is not set: the dry run signs unsubscribe links with a placeholder key"),
+            ));
+            Ok(Signer::new(
+                b"tidings-dry-run-only",
+                &config.newsletter.base_url,
+            ))
+        }
+    }
+}
+
+/// Renders the issue; any error stops the send before a message is built.
+fn render_for_send(
+    config: &Config,
+    args: &SendArgs,
+    fields: &FieldSet,
+    diags: &mut Diagnostics,
+) -> Result<(Issue, RenderedIssue)> {
+    let (issue, rendered) = render_issue(config, &args.issue, fields, diags)?;
+    if diags.has_errors() {
+        print_diagnostics(diags);
+        return Err(Error::Problems(format!(
+            "{}: {}; nothing was sent (run `tidings check {}`)",
+            args.issue.display(),
+            summary(diags),
+            args.issue.display()
+        )));
+    }
+    Ok((issue, rendered))
+}
+
+pub fn send(config: &Config, args: SendArgs) -> Result<()> {
+    runtime()?.block_on(send_async(config, args))
+}
+
+async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
+    let db = Db::open(&config.database).await?;
+    // Who it goes to decides which fields templates may use.
+    let csv = match &args.recipients.subscribers {
+        Some(path) => Some(super::read_csv(path)?),
+        None => None,
+    };
+    let fields = match &csv {
+        Some(c) => FieldSet {
+            attributes: c.attributes.clone(),
+        },
+        None => FieldSet {
+            attributes: db.attribute_keys().await?,
+        },
+    };
+    let mut diags = Diagnostics::default();
+    let (_issue, rendered) = render_for_send(config, &args, &fields, &mut diags)?;
+    let live = !args.dry_run;
+    let signer = signer(config, live, &mut diags)?;
+    let slug = rendered.slug.clone();
+    let title = rendered.title.clone();
+    let factory = MessageFactory::new(config, signer, rendered)?;
+    print_diagnostics(&diags);
+    let opts = options(config, &args);
+
+    if args.dry_run {
+        return dry_run(config, &args, db, csv.map(|c| c.recipients), factory, &opts).await;
+    }
+    if !args.to.is_empty() {
+        return test_send(config, &args, &db, factory, &opts).await;
+    }
+
+    let audience = match (&args.recipients.subscribers, &args.list) {
+        (Some(p), _) => Audience::Csv(p.display().to_string()),
+        (None, Some(l)) => Audience::List(l.clone()),
+        (None, None) => Audience::All,
+    };
+    let campaign = match Journal::open(&db, &slug, &audience, args.resend).await? {
+        Some(c) => c,
+        None => {
+            Journal::create(
+                &db,
+                &slug,
+                &audience,
+                csv.as_ref().map(|c| c.recipients.as_slice()),
+            )
+            .await?
+        }
+    };
+    let (journal, recovered) = Journal::attach(&db, campaign).await?;
+    if recovered > 0 {
+        eprintln!(
+            "note: a previous run stopped with {recovered} message{} in flight; {} sent again and may arrive twice",
+            plural(recovered),
+            if recovered == 1 { "it is" } else { "they are" }
+        );
+    }
+    let before = journal.counts().await?;
+    if before.remaining() == 0 {
+        journal.close(None, true).await?;
+        println!(
+            "nothing to send: all {} recipients of {slug} are done (sent {}, failed {}, skipped {}); `tidings status {}` has the details, --resend sends it again",
+            before.total,
+            before.sent,
+            before.failed,
+            before.skipped,
+            args.issue.display()
+        );
+        return Ok(());
+    }
+
+    let transport = SmtpTransport::new(config)?;
+    confirm(
+        &args,
+        &format!(
+            "Send {slug} \"{title}\" to {} recipient{} ({audience}) through {} at {}{}?",
+            before.remaining(),
+            plural(before.remaining()),
+            transport.server,
+            opts.rate.map_or("full speed".into(), |r| r.to_string()),
+            opts.rate
+                .map(|r| format!(
+                    ", about {}",
+                    human_duration(std::time::Duration::from_secs_f64(
+                        before.remaining() as f64 / r.per_second_f64()
+                    ))
+                ))
+                .unwrap_or_default()
+        ),
+    )?;
+    transport
+        .check()
+        .await
+        .map_err(|e| Error::Usage(e.message))?;
+
+    let journal = Arc::new(journal);
+    let progress = Progress::new(before.remaining(), args.quiet);
+    let stats = crate::deliver::send::run(
+        journal.clone(),
+        transport,
+        factory,
+        &opts,
+        &progress,
+        stop_signal(),
+    )
+    .await
+    .map_err(|e| Error::Db(e.0))?;
+    let after = journal.counts().await?;
+    let paused = match &stats.stopped {
+        Some(Stopped::Paused(why)) => Some(why.clone()),
+        Some(Stopped::Fatal(e)) => Some(e.message.clone()),
+        _ => None,
+    };
+    journal
+        .close(paused.as_deref(), after.remaining() == 0)
+        .await?;
+    if let Some(path) = &args.report {
+        write_report(&db, journal.campaign().id, path).await?;
+    }
+    print_report(&stats, &after, journal.campaign().possible_duplicates);
+    outcome(&stats, &after, &args)
+}
+
+/// The exit status of a send: 2 on a fatal stop, 1 if anyone failed or is
+/// left, 0 when everyone was sent (or skipped for a good reason).
+fn outcome(stats: &RunStats, after: &Counts, args: &SendArgs) -> Result<()> {
+    let issue = args.issue.display();
+    match &stats.stopped {
+        Some(Stopped::Fatal(e)) => Err(Error::Usage(format!(
+            "the send stopped: {}; fix it and rerun `tidings send {issue}` to continue",
+            e.message
+        ))),
+        Some(Stopped::Paused(why)) => Err(Error::Problems(format!(
+            "the send paused: {why}. Check the failures above (or --report), then rerun `tidings send {issue}` to continue"
+        ))),
+        Some(Stopped::Interrupted) => Err(Error::Problems(format!(
+            "interrupted: {} recipient{} left; rerun `tidings send {issue}` to continue",
+            after.remaining(),
+            plural(after.remaining())
+        ))),
+        Some(Stopped::Limit) if after.remaining() > 0 => {
+            println!(
+                "--limit reached: {} recipient{} left; rerun to continue",
+                after.remaining(),
+                plural(after.remaining())
+            );
+            Ok(())
+        }
+        _ if after.failed > 0 => Err(Error::Problems(format!(
+            "{} recipient{} failed",
+            after.failed,
+            plural(after.failed)
+        ))),
+        _ if after.remaining() > 0 => Err(Error::Problems(format!(
+            "{} recipient{} still deferred; rerun `tidings send {issue}` to retry",
+            after.remaining(),
+            plural(after.remaining())
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn confirm(args: &SendArgs, question: &str) -> Result<()> {
+    if args.yes {
+        eprintln!("{question} yes (--yes)");
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "{question}\nrefusing to send without confirmation: stdin is not a terminal, pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Usage("not sent".into()))
+    }
+}
+
+fn print_report(stats: &RunStats, after: &Counts, possible_duplicates: i64) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "this run: sent {}, failed {}, deferred {} in {} ({:.1} messages/s)",
+        stats.sent,
+        stats.failed,
+        stats.deferred,
+        human_duration(stats.elapsed),
+        stats.rate()
+    );
+    let _ = writeln!(out, "{}", counts_line(after));
+    for (reason, n) in &after.failed_by {
+        let _ = writeln!(out, "  failed ({n}): {reason}");
+    }
+    if possible_duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "  {possible_duplicates} message{} were in flight when an earlier run died and may have arrived twice",
+            plural(possible_duplicates as u64)
+        );
+    }
+}
+
+fn counts_line(c: &Counts) -> String {
+    let skipped = if c.skipped_by.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({})",
+            c.skipped_by
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "all runs: {} recipients: sent {}, failed {}, deferred {}, pending {}, skipped {}{skipped}",
+        c.total,
+        c.sent,
+        c.failed,
+        c.deferred,
+        c.pending + c.sending,
+        c.skipped
+    )
+}
+
+async fn write_report(db: &Db, campaign: i64, path: &PathBuf) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|source| Error::Write {
+        path: path.clone(),
+        source,
+    })?;
+    let mut w = csv::Writer::from_writer(file);
+    journal::write_report(db, campaign, &mut w).await?;
+    w.flush().map_err(|source| Error::Write {
+        path: path.clone(),
+        source,
+    })?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+async fn dry_run(
+    config: &Config,
+    args: &SendArgs,
+    db: Db,
+    csv: Option<Vec<Recipient>>,
+    factory: MessageFactory,
+    opts: &SendOptions,
+) -> Result<()> {
+    let rendered = factory.issue();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| project_dir(config).join("out/dry-run").join(&rendered.slug));
+    std::fs::create_dir_all(&out).map_err(|source| Error::Write {
+        path: out.clone(),
+        source,
+    })?;
+    let mut opts = opts.clone();
+    opts.rate = None;
+    opts.limit = args.limit;
+    let transport = FileTransport::new(&out);
+    let subject = rendered.subject.source().to_string();
+    let slug = rendered.slug.clone();
+    let (stats, skipped) = if !args.to.is_empty() {
+        let recipients = test_recipients(&db, &args.to).await?;
+        (
+            run_queue(ListQueue::new(recipients), transport, factory, &opts, args).await?,
+            Default::default(),
+        )
+    } else if let Some(rows) = csv {
+        let queue = Arc::new(CsvQueue::new(rows, Some(db)));
+        let stats = run_arc(queue.clone(), transport, factory, &opts, args).await?;
+        (stats, queue.skipped())
+    } else {
+        let queue = StoreQueue::new(db, args.list.clone());
+        (
+            run_queue(queue, transport, factory, &opts, args).await?,
+            Default::default(),
+        )
+    };
+    let skipped_text: Vec<String> = skipped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let summary = format!(
+        "issue: {slug}\nsubject: {subject}\nmessages: {}\nfailed: {}\nskipped: {}\nfolder: {}\nelapsed: {}\nrate: {:.0} messages/s\n",
+        stats.sent,
+        stats.failed,
+        if skipped_text.is_empty() {
+            "0".into()
+        } else {
+            skipped_text.join(", ")
+        },
+        out.display(),
+        human_duration(stats.elapsed),
+        stats.rate()
+    );
+    let summary_path = out.join("summary.txt");
+    std::fs::write(&summary_path, &summary).map_err(|source| Error::Write {
+        path: summary_path.clone(),
+        source,
+    })?;
+    for (who, e) in &stats.failures {
+        eprintln!("failed: {who}: {}", e.message);
+    }
+    println!(
+        "dry run: wrote {} message{} to {} ({:.0}/s); nothing was sent",
+        stats.sent,
+        plural(stats.sent),
+        out.display(),
+        stats.rate()
+    );
+    if let Some(Stopped::Fatal(e)) = &stats.stopped {
+        return Err(Error::Usage(e.message.clone()));
+    }
+    if stats.failed > 0 {
+        return Err(Error::Problems(format!(
+            "{} message{} could not be built",
+            stats.failed,
+            plural(stats.failed)
+        )));
+    }
+    Ok(())
+}
+
+async fn run_queue<Q: Queue, T: Transport + 'static>(
+    queue: Q,
+    transport: T,
+    factory: MessageFactory,
+    opts: &SendOptions,
+    args: &SendArgs,
+) -> Result<RunStats> {
+    run_arc(Arc::new(queue), transport, factory, opts, args).await
+}
+
+async fn run_arc<Q: Queue, T: Transport + 'static>(
+    queue: Arc<Q>,
+    transport: T,
+    factory: MessageFactory,
+    opts: &SendOptions,
+    args: &SendArgs,
+) -> Result<RunStats> {
+    let progress = Progress::new(0, args.quiet || args.dry_run);
+    crate::deliver::send::run(queue, transport, factory, opts, &progress, stop_signal())
+        .await
+        .map_err(|e| Error::Db(e.0))
+}
+
+/// `--to` addresses, with the stored subscriber's data when there is one.
+async fn test_recipients(db: &Db, to: &[String]) -> Result<Vec<Recipient>> {
+    let mut out = Vec::with_capacity(to.len());
+    for address in to {
+        let r = db
+            .find(address)
+            .await?
+            .unwrap_or_else(|| Recipient::new(address.trim()));
+        out.push(r);
+    }
+    Ok(out)
+}
+
+async fn test_send(
+    config: &Config,
+    args: &SendArgs,
+    db: &Db,
+    factory: MessageFactory,
+    opts: &SendOptions,
+) -> Result<()> {
+    let recipients = test_recipients(db, &args.to).await?;
+    let transport = SmtpTransport::new(config)?;
+    transport
+        .check()
+        .await
+        .map_err(|e| Error::Usage(e.message))?;
+    let server = transport.server.clone();
+    let mut opts = opts.clone();
+    // Nothing to come back to: a transient failure is reported, not retried.
+    opts.max_attempts = 1;
+    let stats = run_queue(ListQueue::new(recipients), transport, factory, &opts, args).await?;
+    for (who, e) in &stats.failures {
+        eprintln!("failed: {who}: {}", e.message);
+    }
+    println!(
+        "test send: {} sent, {} failed through {server} (the send journal is unchanged)",
+        stats.sent, stats.failed
+    );
+    match &stats.stopped {
+        Some(Stopped::Fatal(e)) => Err(Error::Usage(e.message.clone())),
+        _ if stats.failed > 0 => Err(Error::Problems(format!("{} failed", stats.failed))),
+        _ => Ok(()),
+    }
+}
+
+pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let db = Db::open(&config.database).await?;
+        let mut diags = Diagnostics::default();
+        let issue = Issue::from_file(&args.issue, &mut diags)?;
+        let campaigns = journal::campaigns(&db, &issue.slug).await?;
+        if campaigns.is_empty() {
+            println!("{}: not sent yet", issue.slug);
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        for c in &campaigns {
+            let counts = journal::counts(&db, c.id).await?;
+            let state = match (&c.finished_at, &c.paused_reason) {
+                (Some(t), _) => format!("finished {}", format_time(*t)),
+                (None, Some(why)) => format!("paused: {why}"),
+                (None, None) if counts.remaining() == 0 => "done".into(),
+                (None, None) => "in progress or stopped; `tidings send` continues it".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{} campaign {} to {} (started {}): {state}",
+                c.issue,
+                c.id,
+                describe(&c.audience),
+                format_time(c.created_at)
+            );
+            let _ = writeln!(out, "  {}", counts_line(&counts).trim_start_matches("all runs: "));
+            for (reason, n) in &counts.failed_by {
+                let _ = writeln!(out, "  failed ({n}): {reason}");
+            }
+            if counts.sending > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} in flight: if no send is running, a run died; they will be sent again and may arrive twice",
+                    counts.sending
+                );
+            }
+            if c.possible_duplicates > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} message{} in flight when a run died: sent again, may have arrived twice",
+                    c.possible_duplicates,
+                    plural(c.possible_duplicates as u64)
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+fn describe(audience: &str) -> String {
+    match audience.split_once(':') {
+        Some(("list", l)) => format!("list `{l}`"),
+        Some(("csv", p)) => p.to_string(),
+        _ => "all subscribers".into(),
+    }
+}

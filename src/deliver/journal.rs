@@ -1,0 +1,702 @@
+//! The send journal, in the subscriber database: a campaign per send of an
+//! issue, a delivery row per recipient (pending -> sending -> sent, or
+//! deferred, failed, skipped).
+//!
+//! A row becomes `sent` only after the server accepted the message. Rows
+//! are claimed (`sending`) just before they go out, so after a crash the
+//! only rows that may have reached the server without being recorded are
+//! the `sending` ones: the next run counts them as possible duplicates and
+//! sends them again. Nothing is lost.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::Row;
+
+use super::Outcome;
+use crate::db::{Db, DbError as StoreError, on_db};
+use crate::subscribers::Recipient;
+
+/// Who a campaign goes to; part of its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every active subscriber in the store.
+    All,
+    /// Active subscribers on one list.
+    List(String),
+    /// The rows of a CSV file (by its path as given).
+    Csv(String),
+}
+
+impl Audience {
+    pub fn key(&self) -> String {
+        match self {
+            Audience::All => "all".into(),
+            Audience::List(l) => format!("list:{l}"),
+            Audience::Csv(p) => format!("csv:{p}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Audience {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Audience::All => write!(f, "all active subscribers"),
+            Audience::List(l) => write!(f, "list `{l}`"),
+            Audience::Csv(p) => write!(f, "the recipients in {p}"),
+        }
+    }
+}
+
+/// One recipient to send to, as claimed from the journal.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub key: String,
+    pub seq: i64,
+    pub recipient: Recipient,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u64,
+    pub pending: u64,
+    pub sending: u64,
+    pub sent: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// Skipped, by reason (unsubscribed, bounced, suppressed, duplicate…).
+    pub skipped_by: BTreeMap<String, u64>,
+    /// Failed, by the server's reply or the local cause.
+    pub failed_by: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    /// Recipients still to be sent to (now or after a retry delay).
+    pub fn remaining(&self) -> u64 {
+        self.pending + self.sending + self.deferred
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub id: i64,
+    pub issue: String,
+    pub audience: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub possible_duplicates: i64,
+    pub paused_reason: Option<String>,
+}
+
+pub struct Journal {
+    db: Db,
+    campaign: Campaign,
+    runner: String,
+}
+
+/// What happened when a send started.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// A new campaign was made (the recipient set was fixed now).
+    pub created: bool,
+    /// Rows found in flight from a run that died; sent again.
+    pub recovered_in_flight: u64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How long a runner's claim on a campaign holds without renewal.
+const RUNNER_LEASE: Duration = Duration::from_secs(20);
+
+fn runner_is_dead(runner: &str) -> bool {
+    // `host:pid`: on this host, a pid that no longer exists is a dead
+    // runner and need not wait for its lease to expire.
+    let Some((host, pid)) = runner.rsplit_once(':') else {
+        return false;
+    };
+    host == hostname() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl Journal {
+    pub fn campaign(&self) -> &Campaign {
+        &self.campaign
+    }
+
+    /// The issue's current campaign for `audience`, or a new one. A campaign
+    /// already made for another audience is an error unless `resend`, which
+    /// always starts a new campaign.
+    pub async fn open(
+        db: &Db,
+        issue: &str,
+        audience: &Audience,
+        resend: bool,
+    ) -> Result<Option<Campaign>, StoreError> {
+        let campaign = on_db!(db, pool => sqlx::query(
+            "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
+             FROM campaigns WHERE issue = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(issue)
+        .fetch_optional(pool)
+        .await
+        .and_then(|row| row.as_ref().map(campaign_from_row).transpose()))
+        .map_err(|e| db.error("read the send journal", e))?;
+        let Some(campaign) = campaign else {
+            return Ok(None);
+        };
+        if resend {
+            return Ok(None);
+        }
+        if campaign.audience != audience.key() {
+            return Err(StoreError::Conflict(format!(
+                "{issue} was already sent to {} (campaign {} of {}); it can only continue there. To send it to {audience} as well, pass --resend (everyone in that audience gets it, including those who had it)",
+                describe_audience(&campaign.audience),
+                campaign.id,
+                format_time(campaign.created_at)
+            )));
+        }
+        Ok(Some(campaign))
+    }
+
+    /// Makes a campaign and fixes its recipients, in one transaction.
+    /// `csv` holds the recipients when the audience is a CSV file.
+    pub async fn create(
+        db: &Db,
+        issue: &str,
+        audience: &Audience,
+        csv: Option<&[Recipient]>,
+    ) -> Result<Campaign, StoreError> {
+        let now = now_ms();
+        let err = |e| db.error("start the campaign", e);
+        let id: i64 = on_db!(db, pool => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO campaigns (issue, audience, created_at) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(issue)
+            .bind(audience.key())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+            match (audience, csv) {
+                (Audience::Csv(_), Some(rows)) => {
+                    for (i, r) in rows.iter().enumerate() {
+                        let attributes = serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".into());
+                        sqlx::query(
+                            "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                             ON CONFLICT (campaign_id, email_key) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(i as i64 + 1)
+                        .bind(r.key())
+                        .bind(crate::subscribers::email_hash_hex(&r.email))
+                        .bind(&r.email)
+                        .bind(&r.first_name)
+                        .bind(&r.last_name)
+                        .bind(attributes)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    }
+                }
+                _ => {
+                    let list = match audience {
+                        Audience::List(l) => l.clone(),
+                        _ => String::new(),
+                    };
+                    sqlx::query(
+                        "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes, status, last_error)
+                         SELECT $1, s.id, s.email_key, s.email_hash, s.email, s.first_name, s.last_name, s.attributes,
+                                CASE WHEN s.status = 'active' THEN 'pending' ELSE 'skipped' END,
+                                CASE WHEN s.status = 'active' THEN NULL ELSE s.status END
+                         FROM subscribers s
+                         WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)",
+                    )
+                    .bind(id)
+                    .bind(list)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                }
+            }
+            tx.commit().await.map_err(err)?;
+            id
+        });
+        let campaign = Campaign {
+            id,
+            issue: issue.to_string(),
+            audience: audience.key(),
+            created_at: now,
+            finished_at: None,
+            possible_duplicates: 0,
+            paused_reason: None,
+        };
+        Ok(campaign)
+    }
+
+    /// Takes the campaign for this process: refuses while another live
+    /// runner holds it, then turns rows a dead run left `sending` back to
+    /// pending and counts them as possible duplicates.
+    pub async fn attach(db: &Db, campaign: Campaign) -> Result<(Journal, u64), StoreError> {
+        let runner = format!("{}:{}", hostname(), std::process::id());
+        let now = now_ms();
+        let err = |e| db.error("claim the campaign", e);
+        let holder: Option<(Option<String>, Option<i64>)> = on_db!(db, pool => sqlx::query_as(
+            "SELECT runner, runner_until FROM campaigns WHERE id = $1",
+        )
+        .bind(campaign.id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(err)?;
+        if let Some((Some(other), Some(until))) = holder
+            && other != runner
+            && until > now
+            && !runner_is_dead(&other)
+        {
+            return Err(StoreError::Conflict(format!(
+                "{} is being sent by another process ({other}); wait for it to finish. If that process is gone, its claim expires at {}",
+                campaign.issue,
+                format_time(until)
+            )));
+        }
+        let recovered = on_db!(db, pool => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            sqlx::query("UPDATE campaigns SET runner = $1, runner_until = $2, paused_reason = NULL WHERE id = $3")
+                .bind(&runner)
+                .bind(now + RUNNER_LEASE.as_millis() as i64)
+                .bind(campaign.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let n = sqlx::query(
+                "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL
+                 WHERE campaign_id = $1 AND status = 'sending'",
+            )
+            .bind(campaign.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+            if n > 0 {
+                sqlx::query("UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2")
+                    .bind(n as i64)
+                    .bind(campaign.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)?;
+            n
+        });
+        let mut campaign = campaign;
+        campaign.possible_duplicates += recovered as i64;
+        Ok((
+            Journal {
+                db: db.clone(),
+                campaign,
+                runner,
+            },
+            recovered,
+        ))
+    }
+
+    /// Keeps this process's claim on the campaign alive.
+    pub async fn renew(&self) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query("UPDATE campaigns SET runner_until = $1 WHERE id = $2 AND runner = $3")
+            .bind(now_ms() + RUNNER_LEASE.as_millis() as i64)
+            .bind(self.campaign.id)
+            .bind(&self.runner)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+        .map_err(|e| self.db.error("renew the campaign claim", e))?;
+        Ok(())
+    }
+
+    /// Marks as skipped the due rows whose subscriber unsubscribed, bounced
+    /// or was removed since the campaign started, then claims up to `n` due
+    /// rows in send order.
+    pub async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
+        let now = now_ms();
+        let id = self.campaign.id;
+        let err = |e| self.db.error("claim recipients", e);
+        let claim_sql = match &self.db {
+            Db::Sqlite(_) => {
+                "UPDATE deliveries SET status = 'sending', worker = $3
+                 WHERE campaign_id = $1 AND email_key IN (
+                     SELECT email_key FROM deliveries
+                     WHERE campaign_id = $1 AND status IN ('pending', 'deferred') AND next_attempt_at <= $2
+                     ORDER BY seq LIMIT $4)
+                 RETURNING seq, email_key, email, first_name, last_name, attributes, attempts"
+            }
+            Db::Postgres(_) => {
+                "UPDATE deliveries SET status = 'sending', worker = $3
+                 WHERE campaign_id = $1 AND email_key IN (
+                     SELECT email_key FROM deliveries
+                     WHERE campaign_id = $1 AND status IN ('pending', 'deferred') AND next_attempt_at <= $2
+                     ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq, email_key, email, first_name, last_name, attributes, attempts"
+            }
+        };
+        let rows = on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            sqlx::query(
+                "UPDATE deliveries SET status = 'skipped',
+                     last_error = COALESCE((SELECT s.status FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active'), 'suppressed')
+                 WHERE campaign_id = $1 AND status IN ('pending', 'deferred')
+                   AND (EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active')
+                        OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = deliveries.email_hash))",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            let rows = sqlx::query(claim_sql)
+                .bind(id)
+                .bind(now)
+                .bind(&self.runner)
+                .bind(n as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>().map_err(err)?
+        });
+        let mut jobs = rows;
+        jobs.sort_by_key(|j| j.seq);
+        Ok(jobs)
+    }
+
+    /// Returns claimed rows that were never started to the queue.
+    pub async fn release(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let err = |e| self.db.error("release recipients", e);
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            for k in keys {
+                sqlx::query(
+                    "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL
+                     WHERE campaign_id = $1 AND email_key = $2 AND status = 'sending'",
+                )
+                .bind(self.campaign.id)
+                .bind(k)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)?;
+        });
+        Ok(())
+    }
+
+    /// Records outcomes in one transaction; bounces also mark the subscriber.
+    pub async fn record(&self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let id = self.campaign.id;
+        let now = now_ms();
+        let err = |e| self.db.error("record sends", e);
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            for o in outcomes {
+                match o {
+                    Outcome::Sent { key, message_id, attempts } => {
+                        sqlx::query(
+                            "UPDATE deliveries SET status = 'sent', attempts = $1, sent_at = $2, message_id = $3, last_code = NULL, last_error = NULL, worker = NULL
+                             WHERE campaign_id = $4 AND email_key = $5",
+                        )
+                        .bind(*attempts as i64)
+                        .bind(now)
+                        .bind(message_id)
+                        .bind(id)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    }
+                    Outcome::Deferred { key, attempts, retry_at, error } => {
+                        sqlx::query(
+                            "UPDATE deliveries SET status = 'deferred', attempts = $1, next_attempt_at = $2, last_code = $3, last_error = $4, worker = NULL
+                             WHERE campaign_id = $5 AND email_key = $6",
+                        )
+                        .bind(*attempts as i64)
+                        .bind(*retry_at)
+                        .bind(error.code.map(i64::from))
+                        .bind(&error.message)
+                        .bind(id)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    }
+                    Outcome::Failed { key, attempts, error, bounced } => {
+                        sqlx::query(
+                            "UPDATE deliveries SET status = 'failed', attempts = $1, last_code = $2, last_error = $3, worker = NULL
+                             WHERE campaign_id = $4 AND email_key = $5",
+                        )
+                        .bind(*attempts as i64)
+                        .bind(error.code.map(i64::from))
+                        .bind(&error.message)
+                        .bind(id)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                        if *bounced {
+                            // The subscriber, if in the store, is bounced;
+                            // an address from a CSV file is suppressed, so
+                            // later sends skip it either way.
+                            let hash: Option<String> = sqlx::query_scalar(
+                                "SELECT email_hash FROM deliveries WHERE campaign_id = $1 AND email_key = $2",
+                            )
+                            .bind(id)
+                            .bind(key)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(err)?;
+                            let hash = hash.unwrap_or_default();
+                            let stamp = format_time(now);
+                            let n = sqlx::query(
+                                "UPDATE subscribers SET status = 'bounced', updated_at = $1 WHERE email_key = $2 AND status = 'active'",
+                            )
+                            .bind(&stamp)
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(err)?
+                            .rows_affected();
+                            if n == 0 {
+                                sqlx::query(
+                                    "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) ON CONFLICT (email_hash) DO NOTHING",
+                                )
+                                .bind(&hash)
+                                .bind(format!("bounced: {}", error.message))
+                                .bind(&stamp)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(err)?;
+                            }
+                            sqlx::query(
+                                "INSERT INTO subscriber_events (email_hash, event, source, at) VALUES ($1, 'bounced', $2, $3)",
+                            )
+                            .bind(&hash)
+                            .bind(format!("send:{}", self.campaign.issue))
+                            .bind(&stamp)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(err)?;
+                        }
+                    }
+                }
+            }
+            tx.commit().await.map_err(err)?;
+        });
+        Ok(())
+    }
+
+    /// When the earliest deferred row is due, if any is waiting.
+    pub async fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
+        on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = $1 AND status IN ('pending', 'deferred')",
+        )
+        .bind(self.campaign.id)
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| self.db.error("read the send journal", e))
+    }
+
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        counts(&self.db, self.campaign.id).await
+    }
+
+    /// Records why the run stopped early (or clears it), and the finish time
+    /// when nothing is left.
+    pub async fn close(
+        &self,
+        paused_reason: Option<&str>,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE campaigns SET runner = NULL, runner_until = NULL, paused_reason = $1,
+                 finished_at = CASE WHEN $2 THEN $3 ELSE NULL END
+             WHERE id = $4",
+        )
+        .bind(paused_reason)
+        .bind(finished)
+        .bind(now_ms())
+        .bind(self.campaign.id)
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .map_err(|e| self.db.error("close the campaign", e))?;
+        Ok(())
+    }
+}
+
+/// Counts of a campaign's rows by status (and reasons).
+pub async fn counts(db: &Db, campaign: i64) -> Result<Counts, StoreError> {
+    let err = |e| db.error("read the send journal", e);
+    let rows: Vec<(String, Option<String>, i64)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT status, CASE WHEN status IN ('skipped', 'failed') THEN last_error ELSE NULL END, COUNT(*)
+         FROM deliveries WHERE campaign_id = $1 GROUP BY 1, 2",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await)
+    .map_err(err)?;
+    let mut c = Counts::default();
+    for (status, reason, n) in rows {
+        let n = n as u64;
+        c.total += n;
+        match status.as_str() {
+            "pending" => c.pending += n,
+            "sending" => c.sending += n,
+            "sent" => c.sent += n,
+            "deferred" => c.deferred += n,
+            "failed" => {
+                c.failed += n;
+                *c.failed_by.entry(reason.unwrap_or_default()).or_default() += n;
+            }
+            "skipped" => {
+                c.skipped += n;
+                *c.skipped_by.entry(reason.unwrap_or_default()).or_default() += n;
+            }
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+/// All campaigns of an issue, newest first.
+pub async fn campaigns(db: &Db, issue: &str) -> Result<Vec<Campaign>, StoreError> {
+    on_db!(db, pool => sqlx::query(
+        "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
+         FROM campaigns WHERE issue = $1 ORDER BY id DESC",
+    )
+    .bind(issue)
+    .fetch_all(pool)
+    .await
+    .and_then(|rows| rows.iter().map(campaign_from_row).collect()))
+    .map_err(|e| db.error("read the send journal", e))
+}
+
+/// One line of `--report`: what happened to one recipient.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportRow {
+    pub email: String,
+    pub status: String,
+    pub attempts: i64,
+    pub code: Option<i64>,
+    pub detail: String,
+    pub sent_at: String,
+    pub message_id: String,
+}
+
+/// Writes one CSV line per recipient of the campaign, in send order.
+pub async fn write_report(
+    db: &Db,
+    campaign: i64,
+    out: &mut csv::Writer<std::fs::File>,
+) -> Result<u64, StoreError> {
+    use futures_util::TryStreamExt;
+    let err = |e| db.error("read the send journal", e);
+    let mut n = 0;
+    on_db!(db, pool => {
+        let mut rows = sqlx::query(
+            "SELECT email, status, attempts, last_code, last_error, sent_at, message_id
+             FROM deliveries WHERE campaign_id = $1 ORDER BY seq",
+        )
+        .bind(campaign)
+        .fetch(pool);
+        while let Some(row) = rows.try_next().await.map_err(err)? {
+            let sent_at: Option<i64> = row.try_get("sent_at").map_err(err)?;
+            out.serialize(ReportRow {
+                email: row.try_get("email").map_err(err)?,
+                status: row.try_get("status").map_err(err)?,
+                attempts: row.try_get("attempts").map_err(err)?,
+                code: row.try_get("last_code").map_err(err)?,
+                detail: row.try_get::<Option<String>, _>("last_error").map_err(err)?.unwrap_or_default(),
+                sent_at: sent_at.map(format_time).unwrap_or_default(),
+                message_id: row.try_get::<Option<String>, _>("message_id").map_err(err)?.unwrap_or_default(),
+            })
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+            n += 1;
+        }
+    });
+    Ok(n)
+}
+
+fn campaign_from_row<R: Row>(row: &R) -> Result<Campaign, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+{
+    Ok(Campaign {
+        id: row.try_get("id")?,
+        issue: row.try_get("issue")?,
+        audience: row.try_get("audience")?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+        possible_duplicates: row.try_get("possible_duplicates")?,
+        paused_reason: row.try_get("paused_reason")?,
+    })
+}
+
+fn job_from_row<R: Row>(row: &R) -> Result<Job, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let attributes: String = row.try_get("attributes")?;
+    let recipient = Recipient {
+        email: row.try_get("email")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+    };
+    Ok(Job {
+        key: row.try_get("email_key")?,
+        seq: row.try_get("seq")?,
+        recipient,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+    })
+}
+
+fn describe_audience(key: &str) -> String {
+    match key.split_once(':') {
+        Some(("list", l)) => format!("list `{l}`"),
+        Some(("csv", p)) => format!("the recipients in {p}"),
+        _ => "all active subscribers".into(),
+    }
+}
+
+/// `2026-11-26 08:30:00 UTC`
+pub fn format_time(ms: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}

@@ -1,0 +1,468 @@
+//! The send loop: claim recipients, build each message, hand it to the
+//! transport at a steady rate with a bounded number in flight, and record
+//! every outcome. The same loop serves the dry run (files), the test send
+//! and the real send; only the queue and the transport differ.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::journal::{Job, Journal, now_ms};
+use super::rate::Limiter;
+use super::{FailureKind, MessageFactory, Outcome, SendError, Transport};
+use crate::config::Rate;
+use crate::db::DbError;
+
+/// Where recipients come from and where outcomes go. Only `claim` is
+/// required: a queue without a journal records nothing and retries nothing.
+pub trait Queue: Send + Sync + 'static {
+    /// Up to `n` recipients due now, marked as in flight.
+    fn claim(&self, n: usize) -> impl Future<Output = Result<Vec<Job>, DbError>> + Send;
+    /// Claimed recipients that were not started go back.
+    fn release(&self, _keys: &[String]) -> impl Future<Output = Result<(), DbError>> + Send {
+        async { Ok(()) }
+    }
+    fn record(&self, _outcomes: &[Outcome]) -> impl Future<Output = Result<(), DbError>> + Send {
+        async { Ok(()) }
+    }
+    /// When the next deferred recipient is due (Unix ms), if any.
+    fn next_retry_at(&self) -> impl Future<Output = Result<Option<i64>, DbError>> + Send {
+        async { Ok(None) }
+    }
+    /// Called every few seconds during a run.
+    fn keep_alive(&self) -> impl Future<Output = Result<(), DbError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl Queue for Journal {
+    async fn claim(&self, n: usize) -> Result<Vec<Job>, DbError> {
+        Journal::claim(self, n).await
+    }
+    async fn release(&self, keys: &[String]) -> Result<(), DbError> {
+        Journal::release(self, keys).await
+    }
+    async fn record(&self, outcomes: &[Outcome]) -> Result<(), DbError> {
+        Journal::record(self, outcomes).await
+    }
+    async fn next_retry_at(&self) -> Result<Option<i64>, DbError> {
+        Journal::next_retry_at(self).await
+    }
+    async fn keep_alive(&self) -> Result<(), DbError> {
+        self.renew().await
+    }
+}
+
+/// When to stop a run that fails too often.
+#[derive(Debug, Clone, Copy)]
+pub struct PausePolicy {
+    /// Failures in a row.
+    pub consecutive: u32,
+    /// Share of failed attempts…
+    pub ratio: f64,
+    /// …once this many attempts were made.
+    pub min_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub concurrency: usize,
+    /// `None`: unthrottled.
+    pub rate: Option<Rate>,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub pause: PausePolicy,
+    /// Start at most this many sends in this run.
+    pub limit: Option<u64>,
+    /// Wait for deferred recipients to come due before returning.
+    pub wait_for_retries: bool,
+}
+
+impl SendOptions {
+    pub fn from_config(c: &crate::config::Send) -> SendOptions {
+        SendOptions {
+            concurrency: c.concurrency,
+            rate: Some(c.rate),
+            max_attempts: c.max_attempts,
+            retry_base: Duration::from_secs_f64(c.retry_base_secs.max(0.0)),
+            pause: PausePolicy {
+                consecutive: c.pause_after_failures,
+                ratio: c.pause_failure_ratio,
+                min_attempts: c.pause_min_attempts,
+            },
+            limit: None,
+            wait_for_retries: true,
+        }
+    }
+}
+
+/// Why a run ended before its queue was empty.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stopped {
+    /// Ctrl-C or SIGTERM: in-flight sends were finished and recorded.
+    Interrupted,
+    /// Too many failures: the message says which threshold.
+    Paused(String),
+    /// `--limit` reached.
+    Limit,
+    /// Authentication, TLS, an unwritable folder: nothing more can go out.
+    Fatal(SendError),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub sent: u64,
+    pub failed: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub attempts: u64,
+    pub elapsed: Duration,
+    pub stopped: Option<Stopped>,
+    /// Failures in this run, by reply.
+    pub failures: Vec<(String, SendError)>,
+}
+
+impl RunStats {
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.sent as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Progress on a terminal (a bar) or in a log (a line every few seconds).
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    every: Duration,
+    last_line: std::sync::Mutex<Instant>,
+    started: Instant,
+    total: u64,
+}
+
+impl Progress {
+    pub fn new(total: u64, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} {msg} {per_sec} eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            quiet,
+            every: Duration::from_secs(5),
+            last_line: std::sync::Mutex::new(Instant::now()),
+            started: Instant::now(),
+            total,
+        }
+    }
+
+    fn update(&self, s: &RunStats) {
+        let done = s.sent + s.failed;
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.set_message(format!(
+                "sent {} failed {} deferred {}",
+                s.sent, s.failed, s.deferred
+            ));
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap();
+        if last.elapsed() >= self.every {
+            *last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = s.sent as f64 / secs;
+            let left = self.total.saturating_sub(done);
+            let eta = if rate > 0.0 { left as f64 / rate } else { 0.0 };
+            eprintln!(
+                "progress: {done}/{} done, sent {}, failed {}, deferred {}, {rate:.1}/s, eta {}",
+                self.total,
+                s.sent,
+                s.failed,
+                s.deferred,
+                human_duration(Duration::from_secs_f64(eta))
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// What one spawned send returns.
+struct Attempt {
+    job: Job,
+    result: Result<String, SendError>,
+}
+
+/// Everything a send task needs, shared.
+struct Shared<T> {
+    transport: T,
+    factory: MessageFactory,
+    limiter: Limiter,
+}
+
+/// A send that cannot record its outcomes must stop: the journal is what
+/// prevents double sends.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalFailed(#[from] pub DbError);
+
+/// Runs the loop until the queue is empty or it is stopped. `stop` turns
+/// true on Ctrl-C: in-flight sends finish and are recorded.
+pub async fn run<Q: Queue, T: Transport + 'static>(
+    queue: Arc<Q>,
+    transport: T,
+    factory: MessageFactory,
+    opts: &SendOptions,
+    progress: &Progress,
+    mut stop: watch::Receiver<bool>,
+) -> Result<RunStats, JournalFailed> {
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        transport,
+        factory,
+        limiter: Limiter::new(opts.rate),
+    });
+    let concurrency = opts.concurrency.max(1);
+    // Claim just ahead of sending: rows claimed are "in flight" if we die,
+    // so keep the batch to a few seconds' worth at the configured rate.
+    let batch = match opts.rate {
+        Some(r) => ((r.per_second_f64() * 2.0) as usize).clamp(concurrency, concurrency * 4),
+        None => concurrency * 4,
+    }
+    .max(1);
+    let mut buffer: VecDeque<Job> = VecDeque::new();
+    let mut tasks: JoinSet<Attempt> = JoinSet::new();
+    let mut pending_outcomes: Vec<Outcome> = Vec::new();
+    let mut stats = RunStats::default();
+    let mut consecutive_failures = 0u32;
+    let mut started_sends = 0u64;
+    let mut last_flush = Instant::now();
+    let mut last_keep_alive = Instant::now();
+
+    loop {
+        if *stop.borrow() && stats.stopped.is_none() {
+            stats.stopped = Some(Stopped::Interrupted);
+        }
+        while stats.stopped.is_none() && tasks.len() < concurrency {
+            if opts.limit.is_some_and(|l| started_sends >= l) {
+                stats.stopped = Some(Stopped::Limit);
+                break;
+            }
+            if buffer.is_empty() {
+                buffer.extend(queue.claim(batch).await?);
+                if buffer.is_empty() {
+                    break;
+                }
+            }
+            let job = buffer.pop_front().expect("not empty");
+            started_sends += 1;
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                shared.limiter.wait().await;
+                let result = match shared.factory.build(&job.recipient) {
+                    Ok(message) => shared
+                        .transport
+                        .send(&message)
+                        .await
+                        .map(|()| message.message_id),
+                    Err(e) => Err(SendError::new(FailureKind::Permanent, None, e.to_string())),
+                };
+                Attempt { job, result }
+            });
+        }
+
+        if tasks.is_empty() {
+            queue.record(&std::mem::take(&mut pending_outcomes)).await?;
+            if stats.stopped.is_some() {
+                break;
+            }
+            // Nothing due now: wait for deferred recipients, if any.
+            let Some(due) = queue.next_retry_at().await? else {
+                break;
+            };
+            if !opts.wait_for_retries {
+                break;
+            }
+            let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
+            if !progress.quiet && wait > Duration::from_millis(500) {
+                eprintln!(
+                    "waiting {} for deferred recipients to be retried (Ctrl-C stops; a rerun resumes)",
+                    human_duration(wait)
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+
+        tokio::select! {
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { continue };
+                let attempt = match joined {
+                    Ok(a) => a,
+                    // A send task panicked: a bug, but its recipient is not
+                    // lost; the row stays claimed and the next run resends it.
+                    Err(e) => {
+                        eprintln!("error: a send task failed: {e}");
+                        continue;
+                    }
+                };
+                let outcome = judge(attempt, opts, &mut stats, &mut consecutive_failures);
+                pending_outcomes.push(outcome);
+                progress.update(&stats);
+            }
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+
+        if pending_outcomes.len() >= 64 || last_flush.elapsed() >= Duration::from_millis(200) {
+            queue.record(&std::mem::take(&mut pending_outcomes)).await?;
+            last_flush = Instant::now();
+        }
+        if last_keep_alive.elapsed() >= Duration::from_secs(5) {
+            queue.keep_alive().await?;
+            last_keep_alive = Instant::now();
+        }
+    }
+    let unstarted: Vec<String> = buffer.drain(..).map(|j| j.key).collect();
+    queue.release(&unstarted).await?;
+    progress.finish();
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+/// Turns one attempt into its outcome, and updates the stats and the
+/// pause policy.
+fn judge(
+    attempt: Attempt,
+    opts: &SendOptions,
+    stats: &mut RunStats,
+    consecutive_failures: &mut u32,
+) -> Outcome {
+    let Attempt { job, result } = attempt;
+    let attempts = job.attempts + 1;
+    let error = match result {
+        Ok(message_id) => {
+            stats.attempts += 1;
+            stats.sent += 1;
+            *consecutive_failures = 0;
+            return Outcome::Sent {
+                key: job.key,
+                message_id,
+                attempts,
+            };
+        }
+        Err(e) => e,
+    };
+    if error.kind == FailureKind::Fatal {
+        // Not the recipient's fault: put it back as it was and stop.
+        if stats.stopped.is_none() || stats.stopped == Some(Stopped::Interrupted) {
+            stats.stopped = Some(Stopped::Fatal(error.clone()));
+        }
+        return Outcome::Deferred {
+            key: job.key,
+            attempts: job.attempts,
+            retry_at: now_ms(),
+            error,
+        };
+    }
+    stats.attempts += 1;
+    *consecutive_failures += 1;
+    let outcome = match error.kind {
+        FailureKind::Transient if attempts < opts.max_attempts => {
+            stats.deferred += 1;
+            let delay = opts.retry_base.as_secs_f64() * 2f64.powi(job.attempts as i32);
+            // A little jitter so deferred recipients do not all return at once.
+            let jitter = 1.0 + (fastrand_u16(&job.key) as f64 / u16::MAX as f64) * 0.2;
+            Outcome::Deferred {
+                key: job.key.clone(),
+                attempts,
+                retry_at: now_ms() + (delay * jitter * 1000.0) as i64,
+                error: error.clone(),
+            }
+        }
+        FailureKind::Transient => {
+            stats.failed += 1;
+            let mut error = error.clone();
+            error.message = format!("gave up after {attempts} attempts: {}", error.message);
+            Outcome::Failed {
+                key: job.key.clone(),
+                attempts,
+                error,
+                bounced: false,
+            }
+        }
+        kind => {
+            stats.failed += 1;
+            let bounced = kind == FailureKind::Rejected;
+            if bounced {
+                stats.bounced += 1;
+            }
+            Outcome::Failed {
+                key: job.key.clone(),
+                attempts,
+                error: error.clone(),
+                bounced,
+            }
+        }
+    };
+    stats.failures.push((job.recipient.email.clone(), error));
+    let p = opts.pause;
+    let failures = stats.failed + stats.deferred;
+    if stats.stopped.is_none() {
+        if p.consecutive > 0 && *consecutive_failures >= p.consecutive {
+            stats.stopped = Some(Stopped::Paused(format!(
+                "{} sends failed in a row (send.pause_after_failures = {})",
+                consecutive_failures, p.consecutive
+            )));
+        } else if stats.attempts >= p.min_attempts as u64
+            && failures as f64 > p.ratio * stats.attempts as f64
+        {
+            stats.stopped = Some(Stopped::Paused(format!(
+                "{failures} of {} attempts failed, over {:.0}% (send.pause_failure_ratio)",
+                stats.attempts,
+                p.ratio * 100.0
+            )));
+        }
+    }
+    outcome
+}
+
+/// A cheap, stable pseudo-random number from a key (for retry jitter).
+fn fastrand_u16(key: &str) -> u16 {
+    key.bytes().fold(0x9e37u16, |h, b| {
+        h.rotate_left(5) ^ u16::from(b).wrapping_mul(31)
+    })
+}
