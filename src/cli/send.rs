@@ -153,7 +153,7 @@ pub fn send(config: &Config, args: SendArgs) -> Result<()> {
 }
 
 async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
-    let db = Db::open(&config.database).await?;
+    let db = Db::open(&config.database_url()).await?;
     // Who it goes to decides which fields templates may use.
     let csv = match &args.recipients.subscribers {
         Some(path) => Some(super::read_csv(path)?),
@@ -557,7 +557,7 @@ async fn test_send(
 
 pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let db = Db::open(&config.database).await?;
+        let db = Db::open(&config.database_url()).await?;
         let mut diags = Diagnostics::default();
         let issue = Issue::from_file(&args.issue, &mut diags)?;
         let campaigns = journal::campaigns(&db, &issue.slug).await?;

@@ -3,7 +3,9 @@
 //! loop: lettre's pool size caps idle connections, not sends in flight.
 
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -14,7 +16,13 @@ use super::{DeliverError, FailureKind, Outgoing, SendError, Transport};
 use crate::config::{Config, ENV_SMTP_PASSWORD, TlsMode};
 
 pub struct SmtpTransport {
-    inner: AsyncSmtpTransport<Tokio1Executor>,
+    /// Swapped for a fresh pool after a timeout (see `send`).
+    inner: RwLock<Arc<AsyncSmtpTransport<Tokio1Executor>>>,
+    builder: AsyncSmtpTransportBuilder,
+    /// lettre's async transport applies its timeout to connecting only; a
+    /// server that stops answering mid-transaction would hang a send for
+    /// good, so each message is bounded here.
+    command_timeout: std::time::Duration,
     /// `host:port (mode)`, for messages.
     pub server: String,
 }
@@ -83,15 +91,34 @@ impl SmtpTransport {
             TlsMode::Tls => "TLS",
         };
         Ok(SmtpTransport {
-            inner: builder.build(),
+            inner: RwLock::new(Arc::new(builder.clone().build())),
+            builder,
+            command_timeout: smtp.timeout(),
             server: format!("{host}:{} ({mode})", smtp.port()),
         })
+    }
+
+    fn current(&self) -> Arc<AsyncSmtpTransport<Tokio1Executor>> {
+        self.inner.read().unwrap().clone()
     }
 
     /// Connects once (greeting, EHLO, TLS, AUTH) so that a wrong host,
     /// port, certificate or password stops the send before it starts.
     pub async fn check(&self) -> Result<(), SendError> {
-        match self.inner.test_connection().await {
+        let inner = self.current();
+        let test = tokio::time::timeout(self.command_timeout, inner.test_connection());
+        let Ok(result) = test.await else {
+            return Err(SendError::new(
+                FailureKind::Fatal,
+                None,
+                format!(
+                    "the SMTP server {} did not answer within {}s (smtp.timeout_secs)",
+                    self.server,
+                    self.command_timeout.as_secs()
+                ),
+            ));
+        };
+        match result {
             Ok(true) => Ok(()),
             Ok(false) => Err(SendError::new(
                 FailureKind::Fatal,
@@ -172,11 +199,30 @@ fn error_text(e: &lettre::transport::smtp::Error) -> String {
 
 impl Transport for SmtpTransport {
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
-        self.inner
-            .send_raw(&message.envelope, &message.bytes)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&e))
+        let inner = self.current();
+        match tokio::time::timeout(
+            self.command_timeout,
+            inner.send_raw(&message.envelope, &message.bytes),
+        )
+        .await
+        {
+            Ok(result) => result.map(|_| ()).map_err(|e| classify(&e)),
+            Err(_) => {
+                // lettre returns a connection whose send was cancelled to
+                // its pool, still waiting for the server's reply: the next
+                // send on it would hang too. Start a new pool; the old one
+                // closes its connections when the last send using it ends.
+                *self.inner.write().unwrap() = Arc::new(self.builder.clone().build());
+                Err(SendError::new(
+                    FailureKind::Transient,
+                    None,
+                    format!(
+                        "timed out: no answer from the server within {}s (smtp.timeout_secs)",
+                        self.command_timeout.as_secs()
+                    ),
+                ))
+            }
+        }
     }
 }
 

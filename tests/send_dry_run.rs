@@ -1,0 +1,157 @@
+//! `tidings send --dry-run`: the exact messages, as files, with no network.
+//! The .eml files are checked with Python's own `email` package.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn copy_dir(src: &Path, dst: &Path) {
+    for entry in fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            fs::create_dir_all(&to).unwrap();
+            copy_dir(&entry.path(), &to);
+        } else {
+            fs::copy(entry.path(), to).unwrap();
+        }
+    }
+}
+
+fn tidings(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .current_dir(dir)
+        .env("TIDINGS_UNSUBSCRIBE_SECRET", "dry-run-secret-0123456789")
+        .env_remove("TIDINGS_CONFIG")
+        .env_remove("TIDINGS_DATABASE_URL")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dry_run_writes_valid_mime_without_injected_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal"),
+        dir,
+    );
+    fs::write(
+        dir.join("hostile.csv"),
+        "email,first_name,last_name\n\
+         eve@example.org,\"Eve\r\nBcc: all@evil.example\",\"X\nSubject: spam\"\n\
+         zoe@example.org,Zoë,Ørsted\n\
+         plain@example.org,,\n",
+    )
+    .unwrap();
+    let out = tidings(
+        dir,
+        &[
+            "send",
+            "content/hello.md",
+            "--dry-run",
+            "--subscribers",
+            "hostile.csv",
+            "--out",
+            "dr",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split(" (")
+            .next()
+            .unwrap(),
+        "dry run: wrote 3 messages to dr"
+    );
+    let summary = fs::read_to_string(dir.join("dr/summary.txt")).unwrap();
+    assert!(
+        summary.starts_with("issue: hello\nsubject: Hello Readers\nmessages: 3\nfailed: 0\n"),
+        "{summary}"
+    );
+
+    let files: Vec<String> = ["eve@example.org", "zoe@example.org", "plain@example.org"]
+        .iter()
+        .map(|a| dir.join(format!("dr/{a}.eml")).display().to_string())
+        .collect();
+    let py = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/check_eml.py"))
+        .args(&files)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    for f in &files {
+        let m = &parsed[f];
+        assert_eq!(m["defects"], serde_json::json!([]), "{f}");
+        assert_eq!(m["content_type"], "multipart/alternative");
+        assert_eq!(m["parts"], serde_json::json!(["text/plain", "text/html"]));
+        for h in [
+            "from",
+            "to",
+            "subject",
+            "date",
+            "message-id",
+            "reply-to",
+            "list-unsubscribe",
+            "list-unsubscribe-post",
+            "list-id",
+            "mime-version",
+            "content-type",
+        ] {
+            assert!(
+                m["headers"].as_array().unwrap().iter().any(|x| x == h),
+                "{f}: no {h}"
+            );
+        }
+        assert_eq!(
+            m["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| *x == "subject")
+                .count(),
+            1
+        );
+        assert!(
+            !m["headers"].as_array().unwrap().iter().any(|x| x == "bcc"),
+            "{f}: injected Bcc"
+        );
+        assert_eq!(m["subject"], "Hello Readers");
+        assert_eq!(m["list_unsubscribe_post"], "List-Unsubscribe=One-Click");
+        let lu = m["list_unsubscribe"].as_str().unwrap();
+        assert!(lu.starts_with("<mailto:unsubscribe@example.org?subject=unsubscribe>, <https://news.example.org/u/v1.hello."), "{lu}");
+        assert!(m["message_id"].as_str().unwrap().ends_with("@example.org>"));
+        assert!(m["html"].as_str().unwrap().contains("Small steps add up."));
+    }
+    let eve = &parsed[&files[0]];
+    assert_eq!(eve["to_address"], "eve@example.org");
+    assert_eq!(eve["to_name"], "Eve Bcc: all@evil.example X Subject: spam");
+    assert!(
+        eve["html"]
+            .as_str()
+            .unwrap()
+            .contains("Hi Eve  Bcc: all@evil.example,")
+    );
+    let zoe = &parsed[&files[1]];
+    assert_eq!(zoe["to_name"], "Zoë Ørsted");
+    let plain = &parsed[&files[2]];
+    assert_eq!(plain["to"], "plain@example.org");
+    assert!(plain["text"].as_str().unwrap().contains("Hi friend,"));
+
+    // Nothing was sent, so nothing is in the journal.
+    let out = tidings(dir, &["status", "content/hello.md"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello: not sent yet\n"
+    );
+}

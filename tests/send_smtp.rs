@@ -1,0 +1,464 @@
+//! `tidings send` against a real SMTP server on loopback (Python's aiosmtpd,
+//! with faults injected per recipient; see tests/support/fault_smtp.py).
+//! These need `python3-aiosmtpd`: run them with scripts/test.sh.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NEEDS: &str = "needs python3-aiosmtpd: run scripts/test.sh";
+
+/// The fault-injecting SMTP server, stopped on drop.
+struct FaultServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl FaultServer {
+    fn start(dir: &Path) -> FaultServer {
+        let python =
+            std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let log = dir.join("received.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fault_smtp.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {python} (install python3-aiosmtpd; run scripts/test.sh): {e}")
+            });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the fault server did not start ({line:?}): is python3-aiosmtpd installed? run scripts/test.sh"));
+        FaultServer { child, port, log }
+    }
+
+    /// Recipient -> number of messages the server accepted for it.
+    fn received(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for r in v["rcpt"].as_array().unwrap() {
+                *out.entry(r.as_str().unwrap().to_string()).or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the `minimal` fixture project pointed at the server.
+struct Project {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Project {
+    fn new(port: u16) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal");
+        copy_dir(&src, dir.path());
+        Project { dir, port }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        fs::write(self.path(rel), text).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        c.current_dir(self.dir.path())
+            .env("TIDINGS_SMTP_PORT", self.port.to_string())
+            .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+            .env("TIDINGS_SMTP_TIMEOUT_SECS", "2")
+            .env("TIDINGS_SEND_RETRY_BASE_SECS", "0.2")
+            .env("TIDINGS_SEND_MAX_ATTEMPTS", "4")
+            .env("TIDINGS_UNSUBSCRIBE_SECRET", "test-secret-0123456789")
+            .env_remove("TIDINGS_CONFIG")
+            .env_remove("TIDINGS_DATABASE_URL")
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    for entry in fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            fs::create_dir_all(&to).unwrap();
+            copy_dir(&entry.path(), &to);
+        } else {
+            fs::copy(entry.path(), to).unwrap();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn report(p: &Project, rel: &str) -> BTreeMap<String, csv::StringRecord> {
+    let mut r = csv::Reader::from_path(p.path(rel)).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (rec[0].to_string(), rec)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn faults_are_retried_recorded_and_nobody_gets_two() {
+    let _ = NEEDS;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    let addresses = [
+        "ok1@example.org",
+        "t421-a@example.org",
+        "t451-b@example.org",
+        "p550-c@example.org",
+        "drop-d@example.org",
+        "hang-e@example.org",
+        "p554-f@example.org",
+        "ok2@example.org",
+    ];
+    let csv: String = std::iter::once("email,first_name".to_string())
+        .chain(addresses.iter().map(|a| format!("{a},Reader")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    p.write("list.csv", &csv);
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+        "--rate",
+        "50/s",
+        "--concurrency",
+        "2",
+        "--report",
+        "report.csv",
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("error: 2 recipients failed"), "{stderr}");
+    assert!(
+        stdout
+            .contains("all runs: 8 recipients: sent 6, failed 2, deferred 0, pending 0, skipped 0"),
+        "{stdout}"
+    );
+
+    // The server got every deliverable recipient exactly once.
+    let received = server.received();
+    let expected: BTreeMap<String, usize> = addresses
+        .iter()
+        .filter(|a| !a.starts_with("p5"))
+        .map(|a| (a.to_string(), 1))
+        .collect();
+    assert_eq!(received, expected);
+
+    // The journal says what happened to each.
+    let rows = report(&p, "report.csv");
+    let get = |a: &str, col: usize| rows[a][col].to_string();
+    for a in ["ok1@example.org", "ok2@example.org"] {
+        assert_eq!((get(a, 1), get(a, 2)), ("sent".into(), "1".into()), "{a}");
+    }
+    for a in [
+        "t421-a@example.org",
+        "t451-b@example.org",
+        "drop-d@example.org",
+        "hang-e@example.org",
+    ] {
+        assert_eq!(
+            (get(a, 1), get(a, 2)),
+            ("sent".into(), "2".into()),
+            "{a}: retried once, then sent"
+        );
+    }
+    assert_eq!(get("p550-c@example.org", 1), "failed");
+    assert_eq!(get("p550-c@example.org", 3), "550");
+    assert!(get("p550-c@example.org", 4).contains("User unknown"));
+    assert_eq!(get("p554-f@example.org", 1), "failed");
+    assert_eq!(get("p554-f@example.org", 3), "554");
+
+    // `status` agrees.
+    let out = p.run(&["status", "content/hello.md"]);
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("8 recipients: sent 6, failed 2"),
+        "{status}"
+    );
+    assert!(status.contains("failed (1): permanent error (550): 5.1.1 <p550-c@example.org>: Recipient address rejected: User unknown"), "{status}");
+
+    // Rerunning sends nobody again.
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("nothing to send: all 8 recipients of hello are done"));
+    assert_eq!(server.received(), expected);
+
+    // The rejected address (550) is suppressed for later sends; 554 is not.
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+        "--resend",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("skipped 1 (1 suppressed)"), "{stdout}");
+    assert_eq!(server.received()["ok1@example.org"], 2);
+    assert!(!server.received().contains_key("p550-c@example.org"));
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn killed_send_resumes_and_duplicates_only_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    let n = 1500;
+    let csv: String = std::iter::once("email".to_string())
+        .chain((0..n).map(|i| format!("reader{i:04}@example.org")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    p.write("big.csv", &csv);
+    let args = [
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "big.csv",
+        "--yes",
+        "--quiet",
+        "--rate",
+        "300/s",
+        "--concurrency",
+        "4",
+    ];
+    let mut child = p
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.received().values().sum::<usize>() < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the send made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: no chance to record what is in flight.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = server.received().values().sum::<usize>();
+    assert!(before < n, "killed too late to test anything");
+
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    let in_flight: usize = status
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" in flight: if no send is running, a run died; they will be sent again and may arrive twice"))
+        .map_or(0, |n| n.parse().unwrap());
+
+    let out = p.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let received = server.received();
+    assert_eq!(received.len(), n, "every recipient received at least once");
+    let duplicates: usize = received.values().map(|c| c - 1).sum();
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates but only {in_flight} were in flight at the kill"
+    );
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    assert!(
+        status.contains(&format!("{n} recipients: sent {n}, failed 0")),
+        "{status}"
+    );
+    if in_flight > 0 {
+        assert!(
+            status.contains(&format!("{in_flight} message")),
+            "status reports the possible duplicates: {status}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn test_send_leaves_the_journal_alone_and_dry_run_needs_no_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--to",
+        "me@example.org",
+        "t451-x@example.org",
+    ]);
+    let stdout = text(&out.stdout);
+    // A test send does not retry: the greylisted one is reported.
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("test send: 1 sent, 1 failed"), "{stdout}");
+    assert!(
+        text(&out.stderr)
+            .contains("failed: t451-x@example.org: transient error (451): 4.7.1 Greylisted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    assert_eq!(status, "hello: not sent yet\n");
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn a_send_that_fails_too_often_pauses_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    let csv: String = std::iter::once("email".to_string())
+        .chain((0..12).map(|i| format!("p554-{i}@example.org")))
+        .chain((0..5).map(|i| format!("ok{i}@example.org")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    p.write("list.csv", &csv);
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+        "--concurrency",
+        "1",
+        "--rate",
+        "100/s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: the send paused: 10 sends failed in a row (send.pause_after_failures = 10). Check the failures above (or --report), then rerun `tidings send content/hello.md` to continue"),
+        "{stderr}"
+    );
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    assert!(
+        status.contains("paused: 10 sends failed in a row"),
+        "{status}"
+    );
+    // Rerun: the rest goes out (the two failures left in a row are below the threshold).
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("all runs: 17 recipients: sent 5, failed 12"),
+        "{stdout}"
+    );
+    assert_eq!(server.received().len(), 5);
+}
+
+#[test]
+fn real_send_needs_confirmation_or_yes() {
+    // No server needed: the refusal comes first.
+    let p = Project::new(9);
+    let out = p
+        .command(&[
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "subscribers/sample.csv",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("Send hello \"Hello Readers\" to 2 recipients (the recipients in subscribers/sample.csv) through 127.0.0.1:9 (no TLS) at 10/s, about 0.2s?\nrefusing to send without confirmation: stdin is not a terminal, pass --yes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreachable_server_stops_before_sending() {
+    let p = Project::new(9);
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "subscribers/sample.csv",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: cannot use the SMTP server 127.0.0.1:9 (no TLS):")
+            && stderr.contains("check smtp.host and smtp.port, and that the server runs"),
+        "{stderr}"
+    );
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    assert!(
+        status.contains("2 recipients: sent 0, failed 0, deferred 0, pending 2"),
+        "{status}"
+    );
+}
+
+#[test]
+fn real_send_needs_the_unsubscribe_secret() {
+    let p = Project::new(9);
+    let out = p
+        .command(&["send", "content/hello.md", "--yes"])
+        .env_remove("TIDINGS_UNSUBSCRIBE_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "error: TIDINGS_UNSUBSCRIBE_SECRET is not set: unsubscribe links must be signed"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Parses .eml files with Python's email package (the stdlib's strict,
+modern policy) and prints what tidings' tests assert on, as JSON."""
+import email
+import email.policy
+import json
+import sys
+
+out = {}
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:
+        msg = email.message_from_binary_file(f, policy=email.policy.default)
+    parts = [p for p in msg.walk() if not p.is_multipart()]
+    out[path] = {
+        "defects": [repr(d) for d in msg.defects] + [repr(d) for p in parts for d in p.defects],
+        "content_type": msg.get_content_type(),
+        "parts": [p.get_content_type() for p in parts],
+        "headers": sorted(set(k.lower() for k in msg.keys())),
+        "to": str(msg["To"]),
+        "to_name": msg["To"].addresses[0].display_name if msg["To"] else None,
+        "to_address": msg["To"].addresses[0].addr_spec if msg["To"] else None,
+        "subject": str(msg["Subject"]),
+        "list_unsubscribe": str(msg["List-Unsubscribe"]),
+        "list_unsubscribe_post": str(msg["List-Unsubscribe-Post"]),
+        "list_id": str(msg["List-Id"]),
+        "message_id": str(msg["Message-ID"]),
+        "html": parts[1].get_content() if len(parts) > 1 else "",
+        "text": parts[0].get_content() if parts else "",
+    }
+json.dump(out, sys.stdout)
