@@ -258,7 +258,8 @@ impl Dkim {
     }
 }
 
-/// A steady sending rate: `count` messages per `per`.
+/// A steady sending rate: `count` messages per `per`; a count of 0 is
+/// "unlimited" (benchmarks, a relay that does its own pacing).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     pub count: u32,
@@ -279,10 +280,16 @@ impl Rate {
     pub fn per_second_f64(&self) -> f64 {
         self.count as f64 / self.per.as_secs_f64()
     }
+    pub fn is_unlimited(&self) -> bool {
+        self.count == 0
+    }
 }
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_unlimited() {
+            return f.write_str("unlimited");
+        }
         let unit = match self.per.as_secs() {
             1 => "s",
             60 => "min",
@@ -296,7 +303,13 @@ impl fmt::Display for Rate {
 impl FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Rate, String> {
-        let help = "write it as a count per unit, e.g. \"14/s\", \"300/min\" or \"2000/h\"";
+        let help = "write it as a count per unit, e.g. \"14/s\", \"300/min\" or \"2000/h\" (or \"unlimited\")";
+        if s.trim() == "unlimited" {
+            return Ok(Rate {
+                count: 0,
+                per: Duration::from_secs(1),
+            });
+        }
         let (count, unit) = s
             .trim()
             .split_once('/')
@@ -306,7 +319,9 @@ impl FromStr for Rate {
             .parse()
             .map_err(|_| format!("invalid rate `{s}`: `{count}` is not a whole number; {help}"))?;
         if count == 0 {
-            return Err(format!("invalid rate `{s}`: the count must be above 0"));
+            return Err(format!(
+                "invalid rate `{s}`: the count must be above 0 (\"unlimited\" for no limit)"
+            ));
         }
         let secs = match unit.trim() {
             "s" | "sec" | "second" => 1,

@@ -39,4 +39,6 @@ CREATE TABLE deliveries (
     lease_until BIGINT,
     PRIMARY KEY (campaign_id, email_key)
 );
-CREATE INDEX deliveries_queue ON deliveries (campaign_id, status, next_attempt_at, seq);
+-- The queue: pending rows in send order, deferred rows by due time.
+CREATE INDEX deliveries_pending ON deliveries (campaign_id, status, seq);
+CREATE INDEX deliveries_due ON deliveries (campaign_id, status, next_attempt_at);

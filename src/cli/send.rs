@@ -233,6 +233,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
             transport.server,
             opts.rate.map_or("full speed".into(), |r| r.to_string()),
             opts.rate
+                .filter(|r| !r.is_unlimited())
                 .map(|r| format!(
                     ", about {}",
                     human_duration(std::time::Duration::from_secs_f64(

@@ -327,56 +327,64 @@ impl Journal {
         Ok(())
     }
 
-    /// Marks as skipped the due rows whose subscriber unsubscribed, bounced
-    /// or was removed since the campaign started, then claims up to `n` due
-    /// rows in send order.
+    /// Claims up to `n` due rows: deferred ones whose retry time has come
+    /// first, then pending ones in send order. Candidates whose subscriber
+    /// unsubscribed, bounced or was removed since the campaign started are
+    /// marked skipped instead. Every statement walks an index and touches
+    /// only the candidates, so a claim costs the same at any list size.
     pub async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         let now = now_ms();
         let id = self.campaign.id;
         let err = |e| self.db.error("claim recipients", e);
-        let claim_sql = match &self.db {
-            Db::Sqlite(_) => {
-                "UPDATE deliveries SET status = 'sending', worker = $3
-                 WHERE campaign_id = $1 AND email_key IN (
-                     SELECT email_key FROM deliveries
-                     WHERE campaign_id = $1 AND status IN ('pending', 'deferred') AND next_attempt_at <= $2
-                     ORDER BY seq LIMIT $4)
-                 RETURNING seq, email_key, email, first_name, last_name, attributes, attempts"
-            }
-            Db::Postgres(_) => {
-                "UPDATE deliveries SET status = 'sending', worker = $3
-                 WHERE campaign_id = $1 AND email_key IN (
-                     SELECT email_key FROM deliveries
-                     WHERE campaign_id = $1 AND status IN ('pending', 'deferred') AND next_attempt_at <= $2
-                     ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-                 RETURNING seq, email_key, email, first_name, last_name, attributes, attempts"
-            }
+        let lock = match self.db {
+            Db::Sqlite(_) => "",
+            // Several senders on one PostgreSQL never claim the same row.
+            Db::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         };
-        let rows = on_db!(&self.db, pool => {
+        let candidates = [
+            "SELECT email_key FROM deliveries WHERE campaign_id = $1 AND status = 'deferred' AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3",
+            "SELECT email_key FROM deliveries WHERE campaign_id = $1 AND status = 'pending' AND $2 >= 0 ORDER BY seq LIMIT $3",
+        ];
+        let mut jobs = Vec::new();
+        on_db!(&self.db, pool => {
             let mut tx = pool.begin().await.map_err(err)?;
-            sqlx::query(
-                "UPDATE deliveries SET status = 'skipped',
-                     last_error = COALESCE((SELECT s.status FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active'), 'suppressed')
-                 WHERE campaign_id = $1 AND status IN ('pending', 'deferred')
-                   AND (EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active')
-                        OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = deliveries.email_hash))",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-            let rows = sqlx::query(claim_sql)
+            for select in candidates {
+                let want = n - jobs.len();
+                if want == 0 {
+                    break;
+                }
+                // Built only from the constant fragments above.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE deliveries SET status = 'skipped',
+                         last_error = COALESCE((SELECT s.status FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active'), 'suppressed')
+                     WHERE campaign_id = $1 AND email_key IN ({select})
+                       AND (EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active')
+                            OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = deliveries.email_hash))"
+                )))
                 .bind(id)
                 .bind(now)
+                .bind(want as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE deliveries SET status = 'sending', worker = $4
+                     WHERE campaign_id = $1 AND email_key IN ({select} {lock})
+                     RETURNING seq, email_key, email, first_name, last_name, attributes, attempts"
+                )))
+                .bind(id)
+                .bind(now)
+                .bind(want as i64)
                 .bind(&self.runner)
-                .bind(n as i64)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;
+                for row in &rows {
+                    jobs.push(job_from_row(row).map_err(err)?);
+                }
+            }
             tx.commit().await.map_err(err)?;
-            rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>().map_err(err)?
         });
-        let mut jobs = rows;
         jobs.sort_by_key(|j| j.seq);
         Ok(jobs)
     }

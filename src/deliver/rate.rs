@@ -18,6 +18,7 @@ impl Limiter {
     /// `None`: unthrottled (dry runs, benchmarks).
     pub fn new(rate: Option<Rate>) -> Limiter {
         let inner = rate
+            .filter(|r| !r.is_unlimited())
             .and_then(|r| Quota::with_period(r.interval()))
             .map(|q| RateLimiter::direct(q.allow_burst(NonZeroU32::MIN)));
         Limiter { inner }

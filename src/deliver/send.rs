@@ -256,8 +256,10 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     // Claim just ahead of sending: rows claimed are "in flight" if we die,
     // so keep the batch to a few seconds' worth at the configured rate.
     let batch = match opts.rate {
-        Some(r) => ((r.per_second_f64() * 2.0) as usize).clamp(concurrency, concurrency * 4),
-        None => concurrency * 4,
+        Some(r) if !r.is_unlimited() => {
+            ((r.per_second_f64() * 2.0) as usize).clamp(concurrency, concurrency * 4)
+        }
+        _ => concurrency * 4,
     }
     .max(1);
     let mut buffer: VecDeque<Job> = VecDeque::new();
