@@ -33,6 +33,7 @@ PG_CTL=""
 PG_DATA=""
 PG_TMP=""
 PG_AS=()
+POLICY_GUARD=""
 
 seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -67,6 +68,7 @@ stop_postgres() {
 finish() {
 	local rc=$?
 	trap - EXIT
+	[ -z "$POLICY_GUARD" ] || as_root rm -f "$POLICY_GUARD"
 	stop_postgres
 	printf '\n==> timings\n'
 	local t
@@ -147,11 +149,10 @@ else
 	fi
 	# Keep package scripts from starting daemons (PostgreSQL's system
 	# cluster, Postfix): the suite starts what it needs itself.
-	guard=""
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-		as_root chmod 755 /usr/sbin/policy-rc.d
-		guard=/usr/sbin/policy-rc.d
+		POLICY_GUARD=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\nexit 101\n' | as_root tee "$POLICY_GUARD" >/dev/null
+		as_root chmod 755 "$POLICY_GUARD"
 	fi
 	rc=0
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
@@ -159,7 +160,8 @@ else
 		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}" || rc=$?
 	fi
-	[ -z "$guard" ] || as_root rm -f "$guard"
+	[ -z "$POLICY_GUARD" ] || as_root rm -f "$POLICY_GUARD"
+	POLICY_GUARD=""
 	[ "$rc" -eq 0 ] || die "apt-get could not install: ${missing[*]} (exit $rc)"
 fi
 # The Postfix mail daemon must not run: only its tools are used. (Checked

@@ -22,6 +22,8 @@ pub const ENV_MJML_DIR: &str = "TIDINGS_TEST_MJML_DIR";
 pub const ENV_POSTGRES_URL: &str = "TIDINGS_TEST_POSTGRES_URL";
 pub const ENV_SMTP_SINK: &str = "TIDINGS_TEST_SMTP_SINK";
 pub const ENV_SMTP_SOURCE: &str = "TIDINGS_TEST_SMTP_SOURCE";
+/// A Python that has aiosmtpd (Debian's; one earlier in PATH may not).
+pub const ENV_PYTHON: &str = "TIDINGS_TEST_PYTHON";
 
 /// The value of a service variable set by `scripts/test.sh`; panics with
 /// what to do when it is missing, so the test fails instead of passing
