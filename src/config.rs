@@ -421,6 +421,10 @@ impl Config {
             let Some(rest) = var.strip_prefix("TIDINGS_") else {
                 continue;
             };
+            // The test harness' own variables (scripts/test.sh).
+            if rest.starts_with("TEST_") {
+                continue;
+            }
             match var.as_str() {
                 ENV_SMTP_PASSWORD => secrets.smtp_password = Some(Secret(value)),
                 ENV_UNSUBSCRIBE_SECRET => secrets.unsubscribe_secret = Some(Secret(value)),
