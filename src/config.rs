@@ -175,6 +175,9 @@ pub struct Smtp {
     pub timeout_secs: u64,
     /// EHLO name; the machine's hostname when empty.
     pub hello_name: String,
+    /// PEM file of a private CA that signed the relay's certificate, trusted
+    /// besides the public roots.
+    pub ca_file: String,
 }
 
 impl Default for Smtp {
@@ -187,6 +190,7 @@ impl Default for Smtp {
             allow_insecure: false,
             timeout_secs: 30,
             hello_name: String::new(),
+            ca_file: String::new(),
         }
     }
 }

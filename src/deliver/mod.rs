@@ -13,6 +13,7 @@ pub mod preview;
 pub mod rate;
 pub mod send;
 pub mod smtp;
+pub mod smtp_client;
 pub mod sources;
 pub mod unsubscribe;
 

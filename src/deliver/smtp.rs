@@ -1,22 +1,12 @@
-//! SMTP with lettre's async SMTP client on tokio, and a connection pool of
-//! our own sized by `send.concurrency`.
-//!
-//! Why not lettre's `AsyncSmtpTransport` pool: it leaves Nagle's algorithm
-//! on, so the final `.` of every message waits for the server's delayed
-//! ACK (40 ms on Linux: 25 messages/s per connection on loopback), and it
-//! returns a connection whose send was cancelled (our timeout) to the pool
-//! mid-transaction, where the next send hangs on it. Its timeout covers
-//! only connecting. Here each transaction is bounded, a connection that
-//! saw any error is dropped, and sockets have TCP_NODELAY.
+//! The SMTP transport: a pool of connections of our own client (see
+//! `smtp_client` for why not lettre's), sized by `send.concurrency`.
+//! Concurrency itself is bounded by the send loop.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-
+use super::smtp_client::{ClientError, Connection, Login, Security, Stage, tls_config};
 use super::{DeliverError, FailureKind, Outgoing, SendError, Transport};
 use crate::config::{Config, ENV_SMTP_PASSWORD, TlsMode};
 
@@ -26,13 +16,12 @@ const STALE_AFTER: Duration = Duration::from_secs(5);
 pub struct SmtpTransport {
     host: String,
     port: u16,
-    mode: TlsMode,
-    tls: Option<TlsParameters>,
-    hello: ClientId,
-    credentials: Option<Credentials>,
+    security: Security,
+    hello: String,
+    login: Option<Login>,
     timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
     /// `host:port (mode)`, for messages.
     pub server: String,
 }
@@ -63,15 +52,31 @@ impl SmtpTransport {
                 "{origin}: smtp.tls = \"none\" sends passwords and mail in clear text to {host}: use tls = \"starttls\" or \"tls\", or set allow_insecure = true if the network path is trusted"
             )));
         }
-        let tls = match smtp.tls {
-            TlsMode::None => None,
-            TlsMode::Starttls | TlsMode::Tls => Some(
-                TlsParameters::new(host.to_string()).map_err(|e| {
-                    DeliverError::Config(format!("cannot set up TLS for {host}: {e}"))
-                })?,
-            ),
+        let security = match smtp.tls {
+            TlsMode::None => Security::None,
+            mode => {
+                let ca = match smtp.ca_file.trim() {
+                    "" => None,
+                    path => {
+                        let path = config.base_dir().join(path);
+                        Some(std::fs::read(&path).map_err(|e| {
+                            DeliverError::Config(format!(
+                                "{origin}: cannot read smtp.ca_file {}: {e}",
+                                path.display()
+                            ))
+                        })?)
+                    }
+                };
+                let tls = tls_config(ca.as_deref())
+                    .map_err(|e| DeliverError::Config(format!("{origin}: smtp.ca_file: {e}")))?;
+                if mode == TlsMode::Tls {
+                    Security::Tls(tls)
+                } else {
+                    Security::StartTls(tls)
+                }
+            }
         };
-        let credentials = if smtp.username.is_empty() {
+        let login = if smtp.username.is_empty() {
             None
         } else {
             let password = config.secrets.smtp_password.as_ref().ok_or_else(|| {
@@ -79,15 +84,15 @@ impl SmtpTransport {
                     "{origin}: smtp.username is set but {ENV_SMTP_PASSWORD} is not: export the password in that variable"
                 ))
             })?;
-            Some(Credentials::new(
-                smtp.username.clone(),
-                password.expose().to_string(),
-            ))
+            Some(Login {
+                username: smtp.username.clone(),
+                password: password.expose().to_string(),
+            })
         };
         let hello = if smtp.hello_name.is_empty() {
-            ClientId::default()
+            super::journal::hostname()
         } else {
-            ClientId::Domain(smtp.hello_name.clone())
+            smtp.hello_name.clone()
         };
         let mode = match smtp.tls {
             TlsMode::None => "no TLS",
@@ -97,10 +102,9 @@ impl SmtpTransport {
         Ok(SmtpTransport {
             host: host.to_string(),
             port: smtp.port(),
-            mode: smtp.tls,
-            tls,
+            security,
             hello,
-            credentials,
+            login,
             timeout: smtp.timeout(),
             max_idle: config.send.concurrency.max(1),
             idle: Mutex::new(Vec::new()),
@@ -108,69 +112,32 @@ impl SmtpTransport {
         })
     }
 
-    /// A new connection: TCP (no Nagle), greeting and EHLO, TLS, AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let mut conn = match self.mode {
-            // Implicit TLS: lettre wraps the socket itself.
-            TlsMode::Tls => AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(self.timeout),
-                &self.hello,
-                self.tls.clone(),
-                None,
-            )
-            .await
-            .map_err(|e| classify(&e))?,
-            TlsMode::None | TlsMode::Starttls => {
-                let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-                    .await
-                    .map_err(|e| {
-                        SendError::new(FailureKind::Transient, None, format!("Connection error: {e}"))
-                    })?;
-                tcp.set_nodelay(true).map_err(|e| {
-                    SendError::new(FailureKind::Transient, None, format!("Connection error: {e}"))
-                })?;
-                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-                    .await
-                    .map_err(|e| classify(&e))?
-            }
-        };
-        if self.mode == TlsMode::Starttls {
-            let params = self.tls.clone().expect("TLS parameters for STARTTLS");
-            conn.starttls(params, &self.hello).await.map_err(|e| {
-                let mut err = classify(&e);
-                err.kind = FailureKind::Fatal;
-                err.message = format!("STARTTLS failed: {}", err.message);
-                err
-            })?;
-        }
-        if let Some(creds) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
-                .await
-                .map_err(|e| {
-                    let mut err = classify(&e);
-                    err.kind = FailureKind::Fatal;
-                    err
-                })?;
-        }
-        Ok(conn)
+    async fn open(&self) -> Result<Connection, SendError> {
+        Connection::open(
+            &self.host,
+            self.port,
+            &self.security,
+            &self.hello,
+            self.login.as_ref(),
+        )
+        .await
+        .map_err(|e| classify(&e))
     }
 
     /// An idle connection (checked if it sat for a while), or a new one.
-    async fn connection(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connection(&self) -> Result<Connection, SendError> {
         loop {
             let parked = self.idle.lock().unwrap().pop();
             let Some((mut conn, since)) = parked else {
-                return self.connect().await;
+                return self.open().await;
             };
-            if since.elapsed() < STALE_AFTER || conn.test_connected().await {
+            if since.elapsed() < STALE_AFTER || conn.noop().await {
                 return Ok(conn);
             }
-            conn.abort().await;
         }
     }
 
-    fn park(&self, conn: AsyncSmtpConnection) {
+    fn park(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap();
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
@@ -179,17 +146,29 @@ impl SmtpTransport {
 
     async fn send_once(&self, message: &Outgoing) -> Result<(), SendError> {
         let mut conn = self.connection().await?;
-        let result = conn.send(&message.envelope, &message.bytes).await;
-        match result {
+        let from = message
+            .envelope
+            .from()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let to: Vec<String> = message
+            .envelope
+            .to()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        match conn.send(&from, &to, &message.bytes).await {
             Ok(_) => {
                 self.park(conn);
                 Ok(())
             }
             Err(e) => {
-                // lettre has already sent QUIT on a failed command; a
-                // connection that saw an error is not reused.
-                if !conn.has_broken() {
-                    conn.abort().await;
+                // A refused command leaves the session usable after RSET;
+                // anything else (network, protocol) and it is dropped.
+                if matches!(e, ClientError::Reply { .. })
+                    && matches!(conn.command("RSET").await, Ok(r) if r.code == 250)
+                {
+                    self.park(conn);
                 }
                 Err(classify(&e))
             }
@@ -199,21 +178,18 @@ impl SmtpTransport {
     /// Connects once (greeting, EHLO, TLS, AUTH) so that a wrong host,
     /// port, certificate or password stops the send before it starts.
     pub async fn check(&self) -> Result<(), SendError> {
-        let attempt = tokio::time::timeout(self.timeout, self.connect()).await;
-        let result = match attempt {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(SendError::new(
+        let result = tokio::time::timeout(self.timeout, self.open())
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError::new(
                     FailureKind::Fatal,
                     None,
                     format!(
-                        "the SMTP server {} did not answer within {}s (smtp.timeout_secs)",
-                        self.server,
+                        "no answer within {}s (smtp.timeout_secs)",
                         self.timeout.as_secs()
                     ),
-                ));
-            }
-        };
+                ))
+            });
         match result {
             Ok(conn) => {
                 self.park(conn);
@@ -240,54 +216,42 @@ fn advice(e: &SendError) -> &'static str {
         _ if e.message.contains("Connection refused") => {
             " — check smtp.host and smtp.port, and that the server runs"
         }
-        _ if e.message.to_ascii_lowercase().contains("tls")
-            || e.message.contains("certificate") =>
-        {
-            " — check smtp.tls (\"starttls\" on port 587, \"tls\" on 465) and the server's certificate"
+        _ if e.message.contains("TLS") || e.message.contains("certificate") => {
+            " — check smtp.tls (\"starttls\" on port 587, \"tls\" on 465), and smtp.ca_file for a private CA"
         }
         _ => "",
     }
 }
 
-/// Sorts a lettre error into what the send loop does next.
-pub fn classify(e: &lettre::transport::smtp::Error) -> SendError {
-    let code = e.status().map(u16::from);
-    let message = error_text(e);
-    let kind = if e.is_tls() {
-        FailureKind::Fatal
-    } else if e.is_permanent() {
-        match code {
-            // Authentication required / failed: no recipient will get through.
-            Some(530 | 534 | 535 | 538) => FailureKind::Fatal,
-            // The address is rejected: the subscriber bounced.
-            Some(550 | 551 | 553) => FailureKind::Rejected,
-            _ => FailureKind::Permanent,
+/// Sorts a client error into what the send loop does next.
+pub fn classify(e: &ClientError) -> SendError {
+    match e {
+        ClientError::Reply { stage, reply } => {
+            let code = reply.code;
+            let transient = (400..500).contains(&code);
+            let kind = match stage {
+                // The server will not talk to us, or not with these
+                // credentials, or not securely: no message can go out.
+                Stage::Greeting | Stage::Ehlo | Stage::StartTls | Stage::Auth if !transient => {
+                    FailureKind::Fatal
+                }
+                Stage::StartTls => FailureKind::Fatal,
+                _ if transient => FailureKind::Transient,
+                Stage::Rcpt if matches!(code, 550 | 551 | 553) => FailureKind::Rejected,
+                _ => FailureKind::Permanent,
+            };
+            SendError::new(kind, Some(code), format!("{code} {}", reply.text()))
         }
-    } else if e.is_transient() || e.is_timeout() {
-        FailureKind::Transient
-    } else if e.is_client() {
-        // No compatible AUTH mechanism and the like: a setup problem.
-        FailureKind::Fatal
-    } else {
-        // Dropped connections, I/O errors, unparsable replies: try again.
-        FailureKind::Transient
-    };
-    SendError::new(kind, code, message)
-}
-
-/// The error with its causes, on one line.
-fn error_text(e: &lettre::transport::smtp::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
+        ClientError::Tls(m) => SendError::new(FailureKind::Fatal, None, format!("TLS error: {m}")),
+        ClientError::Network(m) => SendError::new(
+            FailureKind::Transient,
+            None,
+            format!("connection error: {m}"),
+        ),
+        ClientError::Protocol(m) => {
+            SendError::new(FailureKind::Transient, None, format!("protocol error: {m}"))
         }
-        source = s.source();
     }
-    text.replace(['\r', '\n'], " ")
 }
 
 impl Transport for SmtpTransport {
