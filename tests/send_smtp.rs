@@ -20,6 +20,10 @@ struct FaultServer {
 
 impl FaultServer {
     fn start(dir: &Path) -> FaultServer {
+        FaultServer::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> FaultServer {
         let python =
             std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
         let log = dir.join("received.jsonl");
@@ -28,6 +32,7 @@ impl FaultServer {
             .arg(&script)
             .arg("--log")
             .arg(&log)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -465,4 +470,118 @@ fn real_send_needs_the_unsubscribe_secret() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn starttls_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A private CA, and the server's certificate signed by it.
+    let path = |name: &str| tmp.path().join(name).display().to_string();
+    let (ca, ca_key, csr, cert, key, ext) = (
+        path("ca.pem"),
+        path("ca.key"),
+        path("leaf.csr"),
+        path("cert.pem"),
+        path("key.pem"),
+        path("leaf.ext"),
+    );
+    fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Test CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+    ] {
+        let made = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "{}", text(&made.stderr));
+    }
+    let cert = PathBuf::from(cert);
+    let key = PathBuf::from(key);
+    let ca = PathBuf::from(ca);
+    let server = FaultServer::start_with(
+        tmp.path(),
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let p = Project::new(server.port);
+
+    // An unknown issuer is refused before anything is sent.
+    let out = p
+        .command(&["send", "content/hello.md", "--to", "me@example.org"])
+        .env("TIDINGS_SMTP_TLS", "starttls")
+        .env("TIDINGS_SMTP_HOST", "localhost")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot use the SMTP server localhost:")
+            && stderr.contains("TLS error: invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("smtp.ca_file for a private CA"), "{stderr}");
+    assert!(server.received().is_empty());
+
+    // Trusting the CA, the message goes through the encrypted session.
+    let out = p
+        .command(&["send", "content/hello.md", "--to", "me@example.org"])
+        .env("TIDINGS_SMTP_TLS", "starttls")
+        .env("TIDINGS_SMTP_HOST", "localhost")
+        .env("TIDINGS_SMTP_CA_FILE", &ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(server.received()["me@example.org"], 1);
 }

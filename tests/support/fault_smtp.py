@@ -73,6 +73,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--log", required=True)
+    p.add_argument("--cert", help="PEM certificate: offer and require STARTTLS")
+    p.add_argument("--key", help="PEM key for --cert")
     args = p.parse_args()
     import socket
     port = args.port
@@ -81,8 +83,14 @@ def main():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
+    tls = {}
+    if args.cert:
+        import ssl
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        tls = {"tls_context": context, "require_starttls": True}
     controller = Controller(Handler(args.log), hostname="127.0.0.1", port=port,
-                            ready_timeout=10, decode_data=False)
+                            ready_timeout=10, decode_data=False, **tls)
     controller.start()
     print("READY %d" % port, flush=True)
     try:
