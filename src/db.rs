@@ -224,27 +224,48 @@ impl Db {
     }
 
     /// Of these addresses (by key), the ones that must not be mailed, with
-    /// why: unsubscribed, bounced, or suppressed (removed).
+    /// why: unsubscribed, bounced, or suppressed (removed). Two queries per
+    /// call, whatever the number of addresses.
     pub async fn blocked(
         &self,
         recipients: &[Recipient],
     ) -> Result<std::collections::HashMap<String, String>, DbError> {
         let mut out = std::collections::HashMap::new();
-        for r in recipients {
-            let key = r.key();
-            let hash = crate::subscribers::email_hash_hex(&r.email);
-            let reason: Option<String> = on_db!(self, pool => sqlx::query_scalar(
-                "SELECT status FROM subscribers WHERE email_key = $1 AND status <> 'active'
-                 UNION ALL SELECT 'suppressed' FROM suppressions WHERE email_hash = $2
-                 LIMIT 1",
-            )
-            .bind(&key)
-            .bind(&hash)
-            .fetch_optional(pool)
-            .await)
-            .map_err(|e| self.error("read subscribers", e))?;
-            if let Some(reason) = reason {
-                out.insert(key, reason);
+        if recipients.is_empty() {
+            return Ok(out);
+        }
+        let keys: Vec<String> = recipients.iter().map(Recipient::key).collect();
+        let hashes: Vec<String> = recipients
+            .iter()
+            .map(|r| crate::subscribers::email_hash_hex(&r.email))
+            .collect();
+        let list = (1..=keys.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Only numbered placeholders are interpolated; values are bound.
+        let by_status = format!(
+            "SELECT email_key, status FROM subscribers WHERE status <> 'active' AND email_key IN ({list})"
+        );
+        let by_hash = format!("SELECT email_hash FROM suppressions WHERE email_hash IN ({list})");
+        let err = |e| self.error("read subscribers", e);
+        let (statuses, suppressed): (Vec<(String, String)>, Vec<String>) = on_db!(self, pool => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(by_status));
+            for k in &keys {
+                q = q.bind(k);
+            }
+            let statuses = q.fetch_all(pool).await.map_err(err)?;
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(by_hash));
+            for h in &hashes {
+                q = q.bind(h);
+            }
+            (statuses, q.fetch_all(pool).await.map_err(err)?)
+        });
+        out.extend(statuses);
+        for (key, hash) in keys.iter().zip(&hashes) {
+            if suppressed.contains(hash) {
+                out.entry(key.clone())
+                    .or_insert_with(|| "suppressed".into());
             }
         }
         Ok(out)

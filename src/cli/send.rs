@@ -426,6 +426,8 @@ async fn dry_run(
     let mut opts = opts.clone();
     opts.rate = None;
     opts.limit = args.limit;
+    // Nothing is journaled: read the list in large pages.
+    opts.batch = Some(512);
     let transport = FileTransport::new(&out);
     let subject = rendered.subject.source().to_string();
     let slug = rendered.slug.clone();

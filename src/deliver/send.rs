@@ -81,6 +81,9 @@ pub struct SendOptions {
     pub limit: Option<u64>,
     /// Wait for deferred recipients to come due before returning.
     pub wait_for_retries: bool,
+    /// Recipients to claim at a time; by default a few seconds' worth at
+    /// the rate (claimed rows count as in flight if the process dies).
+    pub batch: Option<usize>,
 }
 
 impl SendOptions {
@@ -97,6 +100,7 @@ impl SendOptions {
             },
             limit: None,
             wait_for_retries: true,
+            batch: None,
         }
     }
 }
@@ -255,8 +259,9 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     let concurrency = opts.concurrency.max(1);
     // Claim just ahead of sending: rows claimed are "in flight" if we die,
     // so keep the batch to a few seconds' worth at the configured rate.
-    let batch = match opts.rate {
-        Some(r) if !r.is_unlimited() => {
+    let batch = match (opts.batch, opts.rate) {
+        (Some(b), _) => b,
+        (None, Some(r)) if !r.is_unlimited() => {
             ((r.per_second_f64() * 2.0) as usize).clamp(concurrency, concurrency * 4)
         }
         _ => concurrency * 4,
