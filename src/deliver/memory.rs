@@ -33,6 +33,13 @@ impl MemoryTransport {
     }
 }
 
+/// Shared between a test and the send loop.
+impl Transport for std::sync::Arc<MemoryTransport> {
+    async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
+        self.as_ref().send(message).await
+    }
+}
+
 impl Transport for MemoryTransport {
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
         let scripted = self

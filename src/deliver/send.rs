@@ -473,3 +473,256 @@ fn fastrand_u16(key: &str) -> u16 {
         h.rotate_left(5) ^ u16::from(b).wrapping_mul(31)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::content::Issue;
+    use crate::db::Db;
+    use crate::deliver::MemoryTransport;
+    use crate::deliver::journal::{Audience, Journal};
+    use crate::deliver::unsubscribe::Signer;
+    use crate::diagnostics::Diagnostics;
+    use crate::render::{FieldSet, Renderer};
+    use crate::subscribers::Recipient;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        db: Db,
+        config: Config,
+    }
+
+    async fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite:{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let config = Config::parse(
+            "[newsletter]\nfrom = \"T <news@example.org>\"\n[send]\nretry_base_secs = 0\nmax_attempts = 3\n",
+            "t.toml",
+        )
+        .unwrap();
+        Setup {
+            _dir: dir,
+            db,
+            config,
+        }
+    }
+
+    fn factory(config: &Config) -> MessageFactory {
+        let mut d = Diagnostics::default();
+        let issue = Issue::parse(
+            "---\ntitle: T\npreheader: p\n---\nHello.\n",
+            "t.md",
+            "t",
+            &mut d,
+        )
+        .unwrap();
+        let rendered = Renderer::new(None)
+            .unwrap()
+            .render(&issue, config, &FieldSet::default(), &mut d)
+            .unwrap();
+        MessageFactory::new(config, Signer::new(b"k", "https://x.org"), rendered).unwrap()
+    }
+
+    async fn journal(s: &Setup, n: usize) -> Arc<Journal> {
+        let rs: Vec<Recipient> = (0..n)
+            .map(|i| Recipient::new(format!("r{i}@example.org")))
+            .collect();
+        let c = Journal::create(&s.db, "t", &Audience::Csv("x.csv".into()), Some(&rs))
+            .await
+            .unwrap();
+        Arc::new(Journal::attach(&s.db, c).await.unwrap().0)
+    }
+
+    fn quiet() -> Progress {
+        Progress::new(0, true)
+    }
+
+    fn never() -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    fn err(kind: FailureKind, code: u16) -> SendError {
+        SendError::new(kind, Some(code), format!("{code} scripted"))
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_then_sent() {
+        let s = setup().await;
+        let j = journal(&s, 3).await;
+        let t = Arc::new(MemoryTransport::new());
+        t.fail_next("r1@example.org", err(FailureKind::Transient, 451));
+        t.fail_next("r1@example.org", err(FailureKind::Transient, 421));
+        let opts = SendOptions::from_config(&s.config.send);
+        let stats = run(
+            j.clone(),
+            t.clone(),
+            factory(&s.config),
+            &opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((stats.sent, stats.deferred, stats.failed), (3, 2, 0));
+        let c = j.counts().await.unwrap();
+        assert_eq!((c.sent, c.remaining()), (3, 0));
+        let sent: Vec<String> = t.messages().iter().map(|m| m.to.clone()).collect();
+        assert_eq!(sent.iter().filter(|a| *a == "r1@example.org").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_give_up_after_max_attempts() {
+        let s = setup().await;
+        let j = journal(&s, 1).await;
+        let t = Arc::new(MemoryTransport::new());
+        for _ in 0..3 {
+            t.fail_next("r0@example.org", err(FailureKind::Transient, 451));
+        }
+        let opts = SendOptions::from_config(&s.config.send);
+        let stats = run(
+            j.clone(),
+            t.clone(),
+            factory(&s.config),
+            &opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((stats.sent, stats.failed), (0, 1));
+        let c = j.counts().await.unwrap();
+        assert_eq!(
+            c.failed_by.keys().next().unwrap(),
+            "gave up after 3 attempts: 451 scripted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rejected_address_is_suppressed_and_skipped_next_time() {
+        let s = setup().await;
+        let j = journal(&s, 2).await;
+        let t = Arc::new(MemoryTransport::new());
+        t.fail_next("r0@example.org", err(FailureKind::Rejected, 550));
+        let opts = SendOptions::from_config(&s.config.send);
+        let stats = run(
+            j.clone(),
+            t.clone(),
+            factory(&s.config),
+            &opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((stats.sent, stats.failed, stats.bounced), (1, 1, 1));
+        // A new campaign of the same audience skips the suppressed address.
+        let rs = vec![
+            Recipient::new("r0@example.org"),
+            Recipient::new("r1@example.org"),
+        ];
+        let c = Journal::create(&s.db, "t2", &Audience::Csv("x.csv".into()), Some(&rs))
+            .await
+            .unwrap();
+        let j2 = Arc::new(Journal::attach(&s.db, c).await.unwrap().0);
+        let stats = run(
+            j2.clone(),
+            t.clone(),
+            factory(&s.config),
+            &opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stats.sent, 1);
+        let c = j2.counts().await.unwrap();
+        assert_eq!(c.skipped_by.get("suppressed"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_stops_and_loses_nobody() {
+        let s = setup().await;
+        let j = journal(&s, 5).await;
+        let t = Arc::new(MemoryTransport::new());
+        t.fail_next("r2@example.org", err(FailureKind::Fatal, 535));
+        let mut opts = SendOptions::from_config(&s.config.send);
+        opts.concurrency = 1;
+        let stats = run(
+            j.clone(),
+            t.clone(),
+            factory(&s.config),
+            &opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(stats.stopped, Some(Stopped::Fatal(ref e)) if e.code == Some(535)));
+        let c = j.counts().await.unwrap();
+        assert_eq!((c.sent, c.failed, c.sending), (2, 0, 0));
+        assert_eq!(
+            c.pending + c.deferred,
+            3,
+            "r2 and the rest are still to send"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_in_flight_at_a_crash_are_resent_and_counted() {
+        let s = setup().await;
+        let j = journal(&s, 10).await;
+        // A run that claimed 4 rows and died before recording anything.
+        let claimed = j.claim(4).await.unwrap();
+        assert_eq!(claimed.len(), 4);
+        let campaign = j.campaign().clone();
+        drop(j);
+        let (j, recovered) = Journal::attach(&s.db, campaign).await.unwrap();
+        assert_eq!(recovered, 4);
+        assert_eq!(j.campaign().possible_duplicates, 4);
+        let c = j.counts().await.unwrap();
+        assert_eq!((c.pending, c.sending), (10, 0));
+    }
+
+    #[tokio::test]
+    async fn limit_and_interrupt_leave_the_rest_pending() {
+        let s = setup().await;
+        let j = journal(&s, 10).await;
+        let t = Arc::new(MemoryTransport::new());
+        let mut opts = SendOptions::from_config(&s.config.send);
+        opts.limit = Some(4);
+        opts.rate = None;
+        let stats = run(
+            j.clone(),
+            t.clone(),
+            factory(&s.config),
+            &opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (stats.sent, stats.stopped.clone()),
+            (4, Some(Stopped::Limit))
+        );
+        let c = j.counts().await.unwrap();
+        assert_eq!(
+            (c.sent, c.pending, c.sending),
+            (4, 6, 0),
+            "unstarted claims released"
+        );
+        let (tx, rx) = watch::channel(true);
+        opts.limit = None;
+        let stats = run(j.clone(), t, factory(&s.config), &opts, &quiet(), rx)
+            .await
+            .unwrap();
+        drop(tx);
+        assert_eq!((stats.sent, stats.stopped), (0, Some(Stopped::Interrupted)));
+        assert_eq!(j.counts().await.unwrap().pending, 6);
+    }
+}
