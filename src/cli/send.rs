@@ -60,6 +60,10 @@ pub struct SendArgs {
     /// No progress output
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Send as one of several workers sharing a PostgreSQL database (use a
+    /// different id on each machine, e.g. its hostname)
+    #[arg(long, value_name = "ID", conflicts_with_all = ["dry_run", "to"])]
+    pub worker_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -189,19 +193,18 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         (None, Some(l)) => Audience::List(l.clone()),
         (None, None) => Audience::All,
     };
-    let campaign = match Journal::open(&db, &slug, &audience, args.resend).await? {
-        Some(c) => c,
-        None => {
-            Journal::create(
-                &db,
-                &slug,
-                &audience,
-                csv.as_ref().map(|c| c.recipients.as_slice()),
-            )
-            .await?
-        }
+    let (campaign, _) = Journal::open_or_create(
+        &db,
+        &slug,
+        &audience,
+        args.resend,
+        csv.as_ref().map(|c| c.recipients.as_slice()),
+    )
+    .await?;
+    let (journal, recovered) = match &args.worker_id {
+        Some(w) => Journal::join(&db, campaign, w).await?,
+        None => Journal::attach(&db, campaign).await?,
     };
-    let (journal, recovered) = Journal::attach(&db, campaign).await?;
     if recovered > 0 {
         eprintln!(
             "note: a previous run stopped with {recovered} message{} in flight; {} sent again and may arrive twice",
@@ -588,6 +591,21 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
             let _ = writeln!(out, "  {}", counts_line(&counts).trim_start_matches("all runs: "));
             for (reason, n) in &counts.failed_by {
                 let _ = writeln!(out, "  failed ({n}): {reason}");
+            }
+            let now = journal::now_ms();
+            for w in journal::worker_stats(&db, c.id).await? {
+                let seen = if w.heartbeat_at == 0 {
+                    "left".to_string()
+                } else if now - w.heartbeat_at < journal::WORKER_STALE.as_millis() as i64 {
+                    "sending".to_string()
+                } else {
+                    format!("silent since {}", format_time(w.heartbeat_at))
+                };
+                let _ = writeln!(
+                    out,
+                    "  worker {}: claimed {}, sent {}, failed {}, in flight {}, {:.1} messages/s ({seen})",
+                    w.worker, w.claimed, w.sent, w.failed, w.in_flight, w.rate
+                );
             }
             if counts.sending > 0 {
                 let _ = writeln!(

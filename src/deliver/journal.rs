@@ -94,7 +94,10 @@ pub struct Campaign {
 pub struct Journal {
     db: Db,
     campaign: Campaign,
+    /// Marks the rows this process claims: the worker id, or `host:pid`.
     runner: String,
+    /// Set when this process is one of several workers (PostgreSQL).
+    worker: Option<String>,
 }
 
 /// What happened when a send started.
@@ -114,6 +117,14 @@ pub fn now_ms() -> i64 {
 
 /// How long a runner's claim on a campaign holds without renewal.
 const RUNNER_LEASE: Duration = Duration::from_secs(20);
+
+/// A worker whose heartbeat is older than this is taken for dead: the rows
+/// it had in flight go back to the queue for the others.
+pub const WORKER_STALE: Duration = Duration::from_secs(15);
+
+fn this_process() -> String {
+    format!("{}:{}", hostname(), std::process::id())
+}
 
 fn runner_is_dead(runner: &str) -> bool {
     // `host:pid`: on this host, a pid that no longer exists is a dead
@@ -135,126 +146,167 @@ impl Journal {
         &self.campaign
     }
 
-    /// The issue's current campaign for `audience`, or a new one. A campaign
-    /// already made for another audience is an error unless `resend`, which
-    /// always starts a new campaign.
-    pub async fn open(
+    /// The issue's campaign for `audience`: the current one, or a new one
+    /// with its recipients fixed, in one transaction (on PostgreSQL under a
+    /// lock on the issue, so workers starting together make one campaign).
+    /// A campaign made for another audience is an error. `resend` starts a
+    /// new campaign, unless workers are sending one right now: then it is
+    /// joined. `csv` holds the recipients when the audience is a CSV file.
+    pub async fn open_or_create(
         db: &Db,
         issue: &str,
         audience: &Audience,
         resend: bool,
-    ) -> Result<Option<Campaign>, StoreError> {
-        let campaign = on_db!(db, pool => sqlx::query(
-            "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
-             FROM campaigns WHERE issue = $1 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(issue)
-        .fetch_optional(pool)
-        .await
-        .and_then(|row| row.as_ref().map(campaign_from_row).transpose()))
-        .map_err(|e| db.error("read the send journal", e))?;
-        let Some(campaign) = campaign else {
-            return Ok(None);
-        };
-        if resend {
-            return Ok(None);
-        }
-        if campaign.audience != audience.key() {
-            return Err(StoreError::Conflict(format!(
-                "{issue} was already sent to {} (campaign {} of {}); it can only continue there. To send it to {audience} as well, pass --resend (everyone in that audience gets it, including those who had it)",
-                describe_audience(&campaign.audience),
-                campaign.id,
-                format_time(campaign.created_at)
-            )));
-        }
-        Ok(Some(campaign))
-    }
-
-    /// Makes a campaign and fixes its recipients, in one transaction.
-    /// `csv` holds the recipients when the audience is a CSV file.
-    pub async fn create(
-        db: &Db,
-        issue: &str,
-        audience: &Audience,
         csv: Option<&[Recipient]>,
-    ) -> Result<Campaign, StoreError> {
+    ) -> Result<(Campaign, bool), StoreError> {
         let now = now_ms();
         let err = |e| db.error("start the campaign", e);
-        let id: i64 = on_db!(db, pool => {
+        let is_pg = matches!(db, Db::Postgres(_));
+        let (campaign, created) = on_db!(db, pool => {
             let mut tx = pool.begin().await.map_err(err)?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO campaigns (issue, audience, created_at) VALUES ($1, $2, $3) RETURNING id",
-            )
-            .bind(issue)
-            .bind(audience.key())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-            match (audience, csv) {
-                (Audience::Csv(_), Some(rows)) => {
-                    for (i, r) in rows.iter().enumerate() {
-                        let attributes = serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".into());
-                        sqlx::query(
-                            "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                             ON CONFLICT (campaign_id, email_key) DO NOTHING",
-                        )
-                        .bind(id)
-                        .bind(i as i64 + 1)
-                        .bind(r.key())
-                        .bind(crate::subscribers::email_hash_hex(&r.email))
-                        .bind(&r.email)
-                        .bind(&r.first_name)
-                        .bind(&r.last_name)
-                        .bind(attributes)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
-                }
-                _ => {
-                    let list = match audience {
-                        Audience::List(l) => l.clone(),
-                        _ => String::new(),
-                    };
-                    sqlx::query(
-                        "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes, status, last_error)
-                         SELECT $1, s.id, s.email_key, s.email_hash, s.email, s.first_name, s.last_name, s.attributes,
-                                CASE WHEN s.status = 'active' THEN 'pending' ELSE 'skipped' END,
-                                CASE WHEN s.status = 'active' THEN NULL ELSE s.status END
-                         FROM subscribers s
-                         WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)",
-                    )
-                    .bind(id)
-                    .bind(list)
+            if is_pg {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidings:' || $1))")
+                    .bind(issue)
                     .execute(&mut *tx)
                     .await
                     .map_err(err)?;
+            }
+            let latest = sqlx::query(
+                "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
+                 FROM campaigns WHERE issue = $1 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(issue)
+            .fetch_optional(&mut *tx)
+            .await
+            .and_then(|row| row.as_ref().map(campaign_from_row).transpose())
+            .map_err(err)?;
+            let live_workers: i64 = match &latest {
+                Some(c) => sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2",
+                )
+                .bind(c.id)
+                .bind(now - WORKER_STALE.as_millis() as i64)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?,
+                None => 0,
+            };
+            match latest {
+                Some(c) if !resend || live_workers > 0 => {
+                    if c.audience != audience.key() {
+                        return Err(StoreError::Conflict(format!(
+                            "{issue} was already sent to {} (campaign {} of {}); it can only continue there. To send it to {audience} as well, pass --resend (everyone in that audience gets it, including those who had it)",
+                            describe_audience(&c.audience),
+                            c.id,
+                            format_time(c.created_at)
+                        )));
+                    }
+                    tx.commit().await.map_err(err)?;
+                    (c, false)
+                }
+                _ => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO campaigns (issue, audience, created_at) VALUES ($1, $2, $3) RETURNING id",
+                    )
+                    .bind(issue)
+                    .bind(audience.key())
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    match (audience, csv) {
+                        (Audience::Csv(_), Some(rows)) => {
+                            // Many rows per statement: one round trip per
+                            // chunk, not per recipient (PostgreSQL).
+                            for (chunk_no, chunk) in rows.chunks(200).enumerate() {
+                                let values = (0..chunk.len())
+                                    .map(|i| {
+                                        let p = i * 8;
+                                        format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8)
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(", ");
+                                // Only numbered placeholders are interpolated.
+                                let sql = format!(
+                                    "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes)
+                                     VALUES {values} ON CONFLICT (campaign_id, email_key) DO NOTHING"
+                                );
+                                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                                for (i, r) in chunk.iter().enumerate() {
+                                    q = q
+                                        .bind(id)
+                                        .bind((chunk_no * 200 + i) as i64 + 1)
+                                        .bind(r.key())
+                                        .bind(crate::subscribers::email_hash_hex(&r.email))
+                                        .bind(r.email.clone())
+                                        .bind(r.first_name.clone())
+                                        .bind(r.last_name.clone())
+                                        .bind(serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".into()));
+                                }
+                                q.execute(&mut *tx).await.map_err(err)?;
+                            }
+                        }
+                        _ => {
+                            let list = match audience {
+                                Audience::List(l) => l.clone(),
+                                _ => String::new(),
+                            };
+                            sqlx::query(
+                                "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes, status, last_error)
+                                 SELECT $1, s.id, s.email_key, s.email_hash, s.email, s.first_name, s.last_name, s.attributes,
+                                        CASE WHEN s.status = 'active' THEN 'pending' ELSE 'skipped' END,
+                                        CASE WHEN s.status = 'active' THEN NULL ELSE s.status END
+                                 FROM subscribers s
+                                 WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)",
+                            )
+                            .bind(id)
+                            .bind(list)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(err)?;
+                        }
+                    }
+                    tx.commit().await.map_err(err)?;
+                    (
+                        Campaign {
+                            id,
+                            issue: issue.to_string(),
+                            audience: audience.key(),
+                            created_at: now,
+                            finished_at: None,
+                            possible_duplicates: 0,
+                            paused_reason: None,
+                        },
+                        true,
+                    )
                 }
             }
-            tx.commit().await.map_err(err)?;
-            id
         });
-        let campaign = Campaign {
-            id,
-            issue: issue.to_string(),
-            audience: audience.key(),
-            created_at: now,
-            finished_at: None,
-            possible_duplicates: 0,
-            paused_reason: None,
-        };
-        Ok(campaign)
+        Ok((campaign, created))
     }
 
     /// Takes the campaign for this process: refuses while another live
     /// runner holds it, then turns rows a dead run left `sending` back to
     /// pending and counts them as possible duplicates.
     pub async fn attach(db: &Db, campaign: Campaign) -> Result<(Journal, u64), StoreError> {
-        let runner = format!("{}:{}", hostname(), std::process::id());
+        let runner = this_process();
         let now = now_ms();
         let err = |e| db.error("claim the campaign", e);
+        let live_workers: i64 = on_db!(db, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2",
+        )
+        .bind(campaign.id)
+        .bind(now - WORKER_STALE.as_millis() as i64)
+        .fetch_one(pool)
+        .await)
+        .map_err(err)?;
+        if live_workers > 0 {
+            return Err(StoreError::Conflict(format!(
+                "{} is being sent by {live_workers} worker{} (--worker-id): join them with --worker-id, or wait for them to finish",
+                campaign.issue,
+                if live_workers == 1 { "" } else { "s" }
+            )));
+        }
         let holder: Option<(Option<String>, Option<i64>)> = on_db!(db, pool => sqlx::query_as(
             "SELECT runner, runner_until FROM campaigns WHERE id = $1",
         )
@@ -309,13 +361,174 @@ impl Journal {
                 db: db.clone(),
                 campaign,
                 runner,
+                worker: None,
             },
             recovered,
         ))
     }
 
-    /// Keeps this process's claim on the campaign alive.
+    /// Joins the campaign as one of several workers sharing a PostgreSQL
+    /// database. Rows left in flight by a dead worker (its heartbeat is
+    /// stale), or by an earlier run of this worker id, go back to the queue
+    /// and count as possible duplicates.
+    pub async fn join(
+        db: &Db,
+        campaign: Campaign,
+        worker: &str,
+    ) -> Result<(Journal, u64), StoreError> {
+        let Db::Postgres(pool) = db else {
+            return Err(StoreError::Conflict(
+                "--worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine; set database = \"postgres://…\" (or TIDINGS_DATABASE_URL)".into(),
+            ));
+        };
+        let process = this_process();
+        let now = now_ms();
+        let err = |e| db.error("join the campaign", e);
+        let mut tx = pool.begin().await.map_err(err)?;
+        // One joiner at a time per campaign: the checks below stay true.
+        sqlx::query("SELECT id FROM campaigns WHERE id = $1 FOR UPDATE")
+            .bind(campaign.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let holder: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT runner, runner_until FROM campaigns WHERE id = $1")
+                .bind(campaign.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err)?;
+        if let Some((Some(other), Some(until))) = holder
+            && until > now
+            && !runner_is_dead(&other)
+        {
+            return Err(StoreError::Conflict(format!(
+                "{} is being sent by a single sender ({other}) without --worker-id; wait for it to finish",
+                campaign.issue
+            )));
+        }
+        let same: Option<(String, i64)> = sqlx::query_as(
+            "SELECT process, heartbeat_at FROM campaign_workers WHERE campaign_id = $1 AND worker = $2",
+        )
+        .bind(campaign.id)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        if let Some((other, beat)) = same
+            && other != process
+            && beat > now - WORKER_STALE.as_millis() as i64
+            && !runner_is_dead(&other)
+        {
+            return Err(StoreError::Conflict(format!(
+                "worker id `{worker}` is already sending {} ({other}): give each sender its own --worker-id",
+                campaign.issue
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO campaign_workers (campaign_id, worker, process, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (campaign_id, worker) DO UPDATE SET process = $3, started_at = $4, heartbeat_at = $4",
+        )
+        .bind(campaign.id)
+        .bind(worker)
+        .bind(&process)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        let journal = Journal {
+            db: db.clone(),
+            campaign,
+            runner: worker.to_string(),
+            worker: Some(worker.to_string()),
+        };
+        let recovered = journal.reclaim(true).await?;
+        let mut journal = journal;
+        journal.campaign.possible_duplicates += recovered as i64;
+        Ok((journal, recovered))
+    }
+
+    /// Returns to the queue the rows in flight with dead workers (and with
+    /// an earlier run of this worker id when `own`), counting them as
+    /// possible duplicates.
+    async fn reclaim(&self, own: bool) -> Result<u64, StoreError> {
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(0);
+        };
+        let err = |e| self.db.error("reclaim recipients of a stopped worker", e);
+        let stale = now_ms() - WORKER_STALE.as_millis() as i64;
+        let mut tx = pool.begin().await.map_err(err)?;
+        let n = sqlx::query(
+            "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL
+             WHERE campaign_id = $1 AND status = 'sending'
+               AND ((worker = $2 AND $3)
+                    OR worker IN (SELECT worker FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at < $4 AND worker <> $2))",
+        )
+        .bind(self.campaign.id)
+        .bind(&self.runner)
+        .bind(own)
+        .bind(stale)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if n > 0 {
+            sqlx::query(
+                "UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2",
+            )
+            .bind(n as i64)
+            .bind(self.campaign.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(n)
+    }
+
+    /// Reserves `k` consecutive send slots `interval` apart from the
+    /// campaign's shared schedule, in the database's clock; returns how
+    /// long from now the first one is. Workers pace themselves by these, so
+    /// the campaign's total rate is the configured one.
+    pub async fn reserve_slots(&self, k: u32, interval: Duration) -> Result<Duration, StoreError> {
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(Duration::ZERO);
+        };
+        let span = (interval.as_micros() as i64) * i64::from(k);
+        let (start, now): (i64, i64) = sqlx::query_as(
+            "WITH now AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT AS us)
+             UPDATE campaigns SET next_slot_us = GREATEST(next_slot_us, (SELECT us FROM now)) + $2
+             WHERE id = $1
+             RETURNING next_slot_us - $2, (SELECT us FROM now)",
+        )
+        .bind(self.campaign.id)
+        .bind(span)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| self.db.error("reserve send slots", e))?;
+        Ok(Duration::from_micros((start - now).max(0) as u64))
+    }
+
+    pub fn is_worker(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Keeps this process's claim (or worker heartbeat) alive; a worker
+    /// also takes back what dead workers left in flight.
     pub async fn renew(&self) -> Result<(), StoreError> {
+        if let Some(worker) = &self.worker {
+            on_db!(&self.db, pool => sqlx::query("UPDATE campaign_workers SET heartbeat_at = $1 WHERE campaign_id = $2 AND worker = $3")
+                .bind(now_ms())
+                .bind(self.campaign.id)
+                .bind(worker)
+                .execute(pool)
+                .await
+                .map(|_| ()))
+            .map_err(|e| self.db.error("send the worker heartbeat", e))?;
+            self.reclaim(false).await?;
+            return Ok(());
+        }
         on_db!(&self.db, pool => sqlx::query("UPDATE campaigns SET runner_until = $1 WHERE id = $2 AND runner = $3")
             .bind(now_ms() + RUNNER_LEASE.as_millis() as i64)
             .bind(self.campaign.id)
@@ -427,7 +640,7 @@ impl Journal {
                 match o {
                     Outcome::Sent { key, message_id, attempts } => {
                         sqlx::query(
-                            "UPDATE deliveries SET status = 'sent', attempts = $1, sent_at = $2, message_id = $3, last_code = NULL, last_error = NULL, worker = NULL
+                            "UPDATE deliveries SET status = 'sent', attempts = $1, sent_at = $2, message_id = $3, last_code = NULL, last_error = NULL
                              WHERE campaign_id = $4 AND email_key = $5",
                         )
                         .bind(*attempts as i64)
@@ -456,7 +669,7 @@ impl Journal {
                     }
                     Outcome::Failed { key, attempts, error, bounced } => {
                         sqlx::query(
-                            "UPDATE deliveries SET status = 'failed', attempts = $1, last_code = $2, last_error = $3, worker = NULL
+                            "UPDATE deliveries SET status = 'failed', attempts = $1, last_code = $2, last_error = $3
                              WHERE campaign_id = $4 AND email_key = $5",
                         )
                         .bind(*attempts as i64)
@@ -519,15 +732,39 @@ impl Journal {
         Ok(())
     }
 
-    /// When the earliest deferred row is due, if any is waiting.
+    /// When the earliest deferred row is due, if any is waiting. A worker
+    /// also waits for rows other workers have in flight: they are sent, or
+    /// come back when that worker's heartbeat goes stale.
     pub async fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
-        on_db!(&self.db, pool => sqlx::query_scalar(
+        let err = |e| self.db.error("read the send journal", e);
+        if self.worker.is_some() {
+            self.reclaim(false).await?;
+        }
+        let due: Option<i64> = on_db!(&self.db, pool => sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = $1 AND status IN ('pending', 'deferred')",
         )
         .bind(self.campaign.id)
         .fetch_one(pool)
         .await)
-        .map_err(|e| self.db.error("read the send journal", e))
+        .map_err(err)?;
+        if self.worker.is_none() {
+            return Ok(due);
+        }
+        let others: Option<i64> = on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT MIN(w.heartbeat_at) FROM deliveries d
+             JOIN campaign_workers w ON w.campaign_id = d.campaign_id AND w.worker = d.worker
+             WHERE d.campaign_id = $1 AND d.status = 'sending' AND d.worker <> $2",
+        )
+        .bind(self.campaign.id)
+        .bind(&self.runner)
+        .fetch_one(pool)
+        .await)
+        .map_err(err)?;
+        let stale_at = others.map(|beat| beat + WORKER_STALE.as_millis() as i64 + 500);
+        Ok(match (due, stale_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     pub async fn counts(&self) -> Result<Counts, StoreError> {
@@ -590,6 +827,71 @@ pub async fn counts(db: &Db, campaign: i64) -> Result<Counts, StoreError> {
         }
     }
     Ok(c)
+}
+
+/// What one worker did in a campaign.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerStats {
+    pub worker: String,
+    /// Rows it took: sent, failed, and still in flight.
+    pub claimed: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+    /// Its send rate between its first and last accepted message.
+    pub rate: f64,
+    /// Its last heartbeat (0 once it left).
+    pub heartbeat_at: i64,
+}
+
+/// Per-worker counts for a campaign sent with --worker-id.
+pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, StoreError> {
+    let err = |e| db.error("read the send journal", e);
+    let workers: Vec<(String, i64)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT worker, heartbeat_at FROM campaign_workers WHERE campaign_id = $1 ORDER BY worker",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await)
+    .map_err(err)?;
+    let rows: Vec<(String, String, i64, Option<i64>, Option<i64>)> =
+        on_db!(db, pool => sqlx::query_as(
+        "SELECT worker, status, COUNT(*), MIN(sent_at), MAX(sent_at) FROM deliveries
+         WHERE campaign_id = $1 AND worker IS NOT NULL GROUP BY worker, status",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await)
+        .map_err(err)?;
+    let mut out: Vec<WorkerStats> = workers
+        .into_iter()
+        .map(|(worker, heartbeat_at)| WorkerStats {
+            worker,
+            heartbeat_at,
+            ..WorkerStats::default()
+        })
+        .collect();
+    for (worker, status, n, first, last) in rows {
+        let Some(w) = out.iter_mut().find(|w| w.worker == worker) else {
+            continue;
+        };
+        let n = n as u64;
+        match status.as_str() {
+            "sent" => {
+                w.sent += n;
+                if let (Some(a), Some(b)) = (first, last)
+                    && b > a
+                {
+                    w.rate = (n.saturating_sub(1)) as f64 / ((b - a) as f64 / 1000.0);
+                }
+            }
+            "failed" => w.failed += n,
+            "sending" => w.in_flight += n,
+            _ => continue,
+        }
+        w.claimed += n;
+    }
+    Ok(out)
 }
 
 /// All campaigns of an issue, newest first.

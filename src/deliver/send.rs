@@ -38,6 +38,19 @@ pub trait Queue: Send + Sync + 'static {
     fn keep_alive(&self) -> impl Future<Output = Result<(), DbError>> + Send {
         async { Ok(()) }
     }
+    /// True when several processes send this queue and share its rate.
+    fn shares_rate(&self) -> bool {
+        false
+    }
+    /// Reserves `k` send slots `interval` apart from the shared schedule;
+    /// returns how long until the first (see `Journal::reserve_slots`).
+    fn reserve_slots(
+        &self,
+        _k: u32,
+        _interval: Duration,
+    ) -> impl Future<Output = Result<Duration, DbError>> + Send {
+        async { Ok(Duration::ZERO) }
+    }
 }
 
 impl Queue for Journal {
@@ -55,6 +68,12 @@ impl Queue for Journal {
     }
     async fn keep_alive(&self) -> Result<(), DbError> {
         self.renew().await
+    }
+    fn shares_rate(&self) -> bool {
+        self.is_worker()
+    }
+    async fn reserve_slots(&self, k: u32, interval: Duration) -> Result<Duration, DbError> {
+        Journal::reserve_slots(self, k, interval).await
     }
 }
 
@@ -227,11 +246,52 @@ struct Attempt {
     result: Result<String, SendError>,
 }
 
+/// How sends are paced.
+enum Pace {
+    /// This process alone: a local steady limiter.
+    Local(Limiter),
+    /// One of several workers: slots reserved from the campaign's shared
+    /// schedule in the database, a few at a time.
+    Shared {
+        interval: Duration,
+        per_reservation: u32,
+        slots: tokio::sync::Mutex<VecDeque<tokio::time::Instant>>,
+    },
+}
+
+impl Pace {
+    async fn wait<Q: Queue>(&self, queue: &Q) -> Result<(), DbError> {
+        match self {
+            Pace::Local(l) => {
+                l.wait().await;
+                Ok(())
+            }
+            Pace::Shared {
+                interval,
+                per_reservation,
+                slots,
+            } => {
+                let slot = {
+                    let mut slots = slots.lock().await;
+                    if slots.is_empty() {
+                        let delay = queue.reserve_slots(*per_reservation, *interval).await?;
+                        let first = tokio::time::Instant::now() + delay;
+                        slots.extend((0..*per_reservation).map(|i| first + *interval * i));
+                    }
+                    slots.pop_front().expect("just filled")
+                };
+                tokio::time::sleep_until(slot).await;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Everything a send task needs, shared.
 struct Shared<T> {
     transport: T,
     factory: MessageFactory,
-    limiter: Limiter,
+    pace: Pace,
 }
 
 /// A send that cannot record its outcomes must stop: the journal is what
@@ -251,10 +311,20 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<RunStats, JournalFailed> {
     let started = Instant::now();
+    let pace = match opts.rate {
+        Some(r) if !r.is_unlimited() && queue.shares_rate() => Pace::Shared {
+            interval: r.interval(),
+            // A fifth of a second's worth: a worker that dies wastes at
+            // most that much of the campaign's rate.
+            per_reservation: ((r.per_second_f64() / 5.0) as u32).max(1),
+            slots: tokio::sync::Mutex::new(VecDeque::new()),
+        },
+        rate => Pace::Local(Limiter::new(rate)),
+    };
     let shared = Arc::new(Shared {
         transport,
         factory,
-        limiter: Limiter::new(opts.rate),
+        pace,
     });
     let concurrency = opts.concurrency.max(1);
     // Claim just ahead of sending: rows claimed are "in flight" if we die,
@@ -294,8 +364,15 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
             let job = buffer.pop_front().expect("not empty");
             started_sends += 1;
             let shared = shared.clone();
+            let queue = queue.clone();
             tasks.spawn(async move {
-                shared.limiter.wait().await;
+                if let Err(e) = shared.pace.wait(&*queue).await {
+                    let error = SendError::new(FailureKind::Fatal, None, e.to_string());
+                    return Attempt {
+                        job,
+                        result: Err(error),
+                    };
+                }
                 let result = match shared.factory.build(&job.recipient) {
                     Ok(message) => shared
                         .transport
@@ -323,14 +400,23 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
             let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
             if !progress.quiet && wait > Duration::from_millis(500) {
                 eprintln!(
-                    "waiting {} for deferred recipients to be retried (Ctrl-C stops; a rerun resumes)",
+                    "waiting {} for deferred recipients, or for other workers' messages in flight (Ctrl-C stops; a rerun resumes)",
                     human_duration(wait)
                 );
             }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
+            // In steps, keeping the claim (or worker heartbeat) alive.
+            let deadline = tokio::time::Instant::now() + wait;
+            while tokio::time::Instant::now() < deadline && !*stop.borrow() {
+                let step = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(step) => {}
+                    _ = stop.changed() => {}
+                }
+                queue.keep_alive().await?;
             }
+            last_keep_alive = Instant::now();
             continue;
         }
 
@@ -530,9 +616,10 @@ mod tests {
         let rs: Vec<Recipient> = (0..n)
             .map(|i| Recipient::new(format!("r{i}@example.org")))
             .collect();
-        let c = Journal::create(&s.db, "t", &Audience::Csv("x.csv".into()), Some(&rs))
-            .await
-            .unwrap();
+        let (c, _) =
+            Journal::open_or_create(&s.db, "t", &Audience::Csv("x.csv".into()), false, Some(&rs))
+                .await
+                .unwrap();
         Arc::new(Journal::attach(&s.db, c).await.unwrap().0)
     }
 
@@ -625,9 +712,15 @@ mod tests {
             Recipient::new("r0@example.org"),
             Recipient::new("r1@example.org"),
         ];
-        let c = Journal::create(&s.db, "t2", &Audience::Csv("x.csv".into()), Some(&rs))
-            .await
-            .unwrap();
+        let (c, _) = Journal::open_or_create(
+            &s.db,
+            "t2",
+            &Audience::Csv("x.csv".into()),
+            false,
+            Some(&rs),
+        )
+        .await
+        .unwrap();
         let j2 = Arc::new(Journal::attach(&s.db, c).await.unwrap().0);
         let stats = run(
             j2.clone(),
