@@ -854,15 +854,16 @@ pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, St
     .fetch_all(pool)
     .await)
     .map_err(err)?;
-    let rows: Vec<(String, String, i64, Option<i64>, Option<i64>)> =
-        on_db!(db, pool => sqlx::query_as(
+    // worker, status, count, first and last send time
+    type Group = (String, String, i64, Option<i64>, Option<i64>);
+    let rows: Vec<Group> = on_db!(db, pool => sqlx::query_as(
         "SELECT worker, status, COUNT(*), MIN(sent_at), MAX(sent_at) FROM deliveries
          WHERE campaign_id = $1 AND worker IS NOT NULL GROUP BY worker, status",
     )
     .bind(campaign)
     .fetch_all(pool)
     .await)
-        .map_err(err)?;
+    .map_err(err)?;
     let mut out: Vec<WorkerStats> = workers
         .into_iter()
         .map(|(worker, heartbeat_at)| WorkerStats {
