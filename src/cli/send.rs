@@ -158,6 +158,11 @@ pub fn send(config: &Config, args: SendArgs) -> Result<()> {
 
 async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     let db = Db::open(&config.database_url()).await?;
+    if args.worker_id.is_some() && !matches!(db, Db::Postgres(_)) {
+        return Err(Error::Usage(
+            "--worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine; set database = \"postgres://…\" (or TIDINGS_DATABASE_URL)".into(),
+        ));
+    }
     // Who it goes to decides which fields templates may use.
     let csv = match &args.recipients.subscribers {
         Some(path) => Some(super::read_csv(path)?),

@@ -1,0 +1,259 @@
+//! Several `tidings send --worker-id` processes sharing one PostgreSQL and
+//! one SMTP server: one is killed midway; nobody is lost, duplicates stay
+//! within what the killed worker had in flight, and the campaign's total
+//! rate is the configured one. Needs PostgreSQL and python3-aiosmtpd: run
+//! scripts/test.sh.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn postgres_url() -> String {
+    std::env::var("TIDINGS_TEST_POSTGRES_URL").expect(
+        "TIDINGS_TEST_POSTGRES_URL is not set: run scripts/test.sh, which starts PostgreSQL",
+    )
+}
+
+/// A fresh database on the test server.
+fn fresh_database(name: &str) -> String {
+    let admin = postgres_url();
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name}"),
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("unexpected URL {admin}"),
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-tA", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let python =
+            std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let log = dir.join("received.jsonl");
+        let mut child = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fault_smtp.py"))
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (run scripts/test.sh)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .expect("server ready");
+        Server { child, port, log }
+    }
+
+    fn received(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for line in fs::read_to_string(&self.log).unwrap_or_default().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for r in v["rcpt"].as_array().unwrap() {
+                *out.entry(r.as_str().unwrap().to_string()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    fn total(&self) -> usize {
+        fs::read_to_string(&self.log).map_or(0, |t| t.lines().count())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn project(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal");
+    for sub in ["", "content"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    fs::copy(src.join("tidings.toml"), dir.join("tidings.toml")).unwrap();
+    fs::copy(src.join("content/hello.md"), dir.join("content/hello.md")).unwrap();
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and python3-aiosmtpd: run scripts/test.sh"]
+fn three_workers_one_killed() {
+    let n = 20_000;
+    let rate = 400.0;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fresh_database("tidings_workers");
+    let server = Server::start(tmp.path());
+    project(tmp.path());
+    let csv: String = std::iter::once("email".to_string())
+        .chain((0..n).map(|i| format!("r{i:05}@example.org")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(tmp.path().join("list.csv"), csv).unwrap();
+    let spawn = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .current_dir(tmp.path())
+            .env("TIDINGS_DATABASE_URL", &db)
+            .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+            .env("TIDINGS_SMTP_PORT", server.port.to_string())
+            .env("TIDINGS_UNSUBSCRIBE_SECRET", "workers-secret-0123456789")
+            .env_remove("TIDINGS_CONFIG")
+            .args([
+                "send",
+                "content/hello.md",
+                "--subscribers",
+                "list.csv",
+                "--yes",
+                "--quiet",
+            ])
+            .args(["--rate", "400/s", "--concurrency", "4", "--worker-id", id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut workers: Vec<(String, Child)> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| (id.to_string(), spawn(id)))
+        .collect();
+
+    let started = Instant::now();
+    while server.total() < n / 2 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, mut killed) = workers.remove(1);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    // What w2 had in flight when it died, as the journal saw it.
+    let in_flight: usize = psql(
+        &db,
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'sending' AND worker = 'w2'",
+    )
+    .parse()
+    .unwrap();
+
+    for (id, child) in workers {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{id}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Every recipient at least once; duplicates only among w2's in flight.
+    let received = server.received();
+    assert_eq!(received.len(), n, "every recipient received");
+    let duplicates: usize = received.values().map(|c| c - 1).sum();
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates, {in_flight} in flight at the kill"
+    );
+
+    // The journal is consistent.
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT status || ':' || COUNT(*) FROM deliveries GROUP BY status"
+        ),
+        format!("sent:{n}")
+    );
+    assert_eq!(
+        psql(&db, "SELECT possible_duplicates FROM campaigns"),
+        in_flight.to_string()
+    );
+    assert_eq!(
+        psql(&db, "SELECT finished_at IS NOT NULL FROM campaigns"),
+        "t"
+    );
+    let per_worker = psql(
+        &db,
+        "SELECT string_agg(worker || '=' || n, ',' ORDER BY worker) FROM (SELECT worker, COUNT(*) n FROM deliveries GROUP BY worker) x",
+    );
+    assert!(
+        per_worker.contains("w1=") && per_worker.contains("w2=") && per_worker.contains("w3="),
+        "{per_worker}"
+    );
+
+    // The total rate: over the send, without the tail of w2's reclaimed
+    // rows (sent once its heartbeat went stale), within 2% of 400/s.
+    let times: Vec<i64> = psql(&db, "SELECT sent_at FROM deliveries ORDER BY sent_at")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let bulk = &times[..n - in_flight];
+    let span = (bulk[bulk.len() - 1] - bulk[0]) as f64 / 1000.0;
+    let achieved = (bulk.len() - 1) as f64 / span;
+    assert!(
+        (achieved - rate).abs() / rate <= 0.02,
+        "achieved {achieved:.1}/s over {span:.1}s, configured {rate}/s"
+    );
+    eprintln!(
+        "achieved {achieved:.1}/s over {span:.1}s; {in_flight} in flight at the kill, {duplicates} duplicates"
+    );
+}
+
+#[test]
+fn worker_id_needs_postgresql() {
+    let tmp = tempfile::tempdir().unwrap();
+    project(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .current_dir(tmp.path())
+        .env("TIDINGS_UNSUBSCRIBE_SECRET", "workers-secret-0123456789")
+        .env_remove("TIDINGS_DATABASE_URL")
+        .env_remove("TIDINGS_CONFIG")
+        .args(["send", "content/hello.md", "--yes", "--worker-id", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: --worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
