@@ -39,6 +39,8 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Check an issue without writing anything: exit 1 on errors, 0 with warnings
     Check(CheckArgs),
+    /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
+    Subscribers(crate::subscribers::cli::SubscribersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +105,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Preview(args) => preview(&config, args),
         Command::Check(args) => check(&config, args),
+        Command::Subscribers(args) => crate::subscribers::cli::run(&config, args),
     }
 }
 

@@ -7,6 +7,7 @@ use crate::content::ContentError;
 use crate::deliver::DeliverError;
 use crate::render::RenderError;
 use crate::subscribers::csv::CsvError;
+use crate::subscribers::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,6 +21,9 @@ pub enum Error {
     Deliver(#[from] DeliverError),
     #[error(transparent)]
     Csv(#[from] CsvError),
+    /// The subscriber database could not be opened, was locked, or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
