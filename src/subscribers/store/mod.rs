@@ -153,6 +153,11 @@ pub trait Driver: Send + Sync {
     fn attribute_keys_sql(&self) -> &'static str;
     /// The per-connection scratch table of an import (temp schemas differ).
     fn scratch_table(&self) -> &'static str;
+    /// After an erasure: make sure the deleted bytes are gone from the
+    /// database's files too, as far as the database allows.
+    async fn erase_traces(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A transaction with errors already mapped for the person.
@@ -644,6 +649,9 @@ impl Store {
         .await?;
         tx.event(&hash, "removed", source, &now).await?;
         tx.commit().await?;
+        if n > 0 {
+            self.driver.erase_traces().await?;
+        }
         Ok(if n > 0 {
             RemoveOutcome::Removed
         } else {

@@ -46,7 +46,10 @@ impl SqliteDriver {
             // corrupts), and many times faster than FULL for imports.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(busy_timeout)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // `remove` erases a person: overwrite deleted content with
+            // zeros instead of leaving it readable in free pages.
+            .pragma("secure_delete", "ON");
         let driver = |pool| SqliteDriver {
             pool,
             name: name.clone(),
@@ -140,6 +143,16 @@ impl Driver for SqliteDriver {
 
     fn scratch_table(&self) -> &'static str {
         "temp.tidings_import_seen"
+    }
+
+    /// The WAL still holds the pages as they were before the erasure:
+    /// copy the log into the database and truncate it to nothing.
+    async fn erase_traces(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 }
 
