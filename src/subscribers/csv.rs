@@ -12,7 +12,8 @@
 //! Writing produces exactly those columns, so an export imports back
 //! unchanged: `email,first_name,last_name,<attributes sorted>,lists,status`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,7 +165,7 @@ pub enum Parsed {
 /// only I/O errors end the reading. Duplicates are not detected here (the
 /// caller decides how to remember what it has seen).
 pub struct RowReader<R: Read> {
-    reader: csv::Reader<R>,
+    reader: csv::Reader<LineTracker<R>>,
     header: Arc<Header>,
     record: csv::StringRecord,
     path: PathBuf,
@@ -176,7 +177,7 @@ impl<R: Read> RowReader<R> {
         let mut reader = csv::ReaderBuilder::new()
             // Rows of the wrong width are reported by us, with the line.
             .flexible(true)
-            .from_reader(input);
+            .from_reader(LineTracker::new(input));
         let header_err = |message: String| CsvError::Header {
             path: path.to_path_buf(),
             message,
@@ -208,7 +209,7 @@ impl<R: Read> RowReader<R> {
         match self.reader.read_record(&mut self.record) {
             Ok(false) => Ok(None),
             Ok(true) => {
-                let line = self.record.position().map_or(0, |p| p.line());
+                let line = self.line_at(self.record.position());
                 Ok(Some(match validate(&self.header, &self.record, line) {
                     Ok(row) => Parsed::Row(row),
                     Err(reason) => Parsed::Skipped(SkippedRow { line, reason }),
@@ -216,12 +217,127 @@ impl<R: Read> RowReader<R> {
             }
             Err(e) => match e.kind() {
                 csv::ErrorKind::Utf8 { pos, .. } => Ok(Some(Parsed::Skipped(SkippedRow {
-                    line: pos.as_ref().map_or(0, |p| p.line()),
+                    line: self.line_at(pos.as_ref()),
                     reason: "not valid UTF-8: save the file as UTF-8".into(),
                 }))),
                 _ => Err(read_error(&self.path, e)),
             },
         }
+    }
+}
+
+impl<R: Read> RowReader<R> {
+    fn line_at(&self, position: Option<&csv::Position>) -> u64 {
+        position.map_or(0, |p| self.reader.get_ref().line_at(p.byte()))
+    }
+}
+
+/// Counts line breaks as the CSV reader consumes the input, to give each
+/// row the line it starts on. The csv crate's own line numbers are off by
+/// one after a CRLF line end (what spreadsheet programs on Windows write)
+/// and do not advance at all for CR line ends; its byte offsets are right,
+/// but point at the previous row's leftover terminator or at blank lines.
+/// Memory: only breaks between the last row asked about and what the CSV
+/// reader has read ahead are kept.
+struct LineTracker<R> {
+    inner: R,
+    lines: RefCell<Lines>,
+}
+
+#[derive(Default)]
+struct Lines {
+    /// Bytes read so far.
+    read: u64,
+    /// Line breaks not yet counted: (offset, length: 2 for CRLF).
+    breaks: VecDeque<(u64, u64)>,
+    /// A CR at the end of what was read: CRLF or a lone CR, unknown yet.
+    pending_cr: Option<u64>,
+    /// Breaks counted so far, and where the last one counted ended.
+    counted: u64,
+    counted_to: u64,
+}
+
+impl<R: Read> LineTracker<R> {
+    fn new(inner: R) -> Self {
+        LineTracker {
+            inner,
+            lines: RefCell::new(Lines::default()),
+        }
+    }
+
+    /// The 1-based line of the row the CSV reader reports at `offset`:
+    /// breaks before it, plus the blank lines and terminator bytes it
+    /// starts with. Offsets must not decrease between calls.
+    fn line_at(&self, offset: u64) -> u64 {
+        let mut l = self.lines.borrow_mut();
+        while let Some(&(at, len)) = l.breaks.front() {
+            if at >= offset {
+                break;
+            }
+            l.breaks.pop_front();
+            l.counted += 1;
+            l.counted_to = at + len;
+        }
+        let mut start = offset.max(l.counted_to);
+        loop {
+            match l.breaks.front() {
+                Some(&(at, len)) if at == start => {
+                    l.breaks.pop_front();
+                    l.counted += 1;
+                    start = at + len;
+                    l.counted_to = start;
+                }
+                _ if l.pending_cr == Some(start) => {
+                    // Either way one break; its LF (if any) is skipped
+                    // when it arrives, as it lies before `counted_to`.
+                    l.pending_cr = None;
+                    l.counted += 1;
+                    start += 1;
+                    l.counted_to = start + 1;
+                }
+                _ => break,
+            }
+        }
+        l.counted + 1
+    }
+}
+
+impl<R: Read> Read for LineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let l = self.lines.get_mut();
+        let base = l.read;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = base + i as u64;
+            match b {
+                b'\n' => match l.pending_cr.take() {
+                    Some(cr) if cr + 1 == at => l.breaks.push_back((cr, 2)),
+                    Some(cr) => {
+                        l.breaks.push_back((cr, 1));
+                        l.breaks.push_back((at, 1));
+                    }
+                    None if at + 1 == l.counted_to => {} // the LF of a CR already counted
+                    None => l.breaks.push_back((at, 1)),
+                },
+                b'\r' => {
+                    if let Some(cr) = l.pending_cr.replace(at) {
+                        l.breaks.push_back((cr, 1));
+                    }
+                }
+                _ => {
+                    if let Some(cr) = l.pending_cr.take() {
+                        l.breaks.push_back((cr, 1));
+                    }
+                }
+            }
+        }
+        if n == 0
+            && let Some(cr) = l.pending_cr.take()
+        {
+            l.breaks.push_back((cr, 1));
+        }
+        l.read += n as u64;
+        Ok(n)
     }
 }
 
@@ -481,6 +597,39 @@ mod tests {
                 "line 6: first_name contains a line break",
             ]
         );
+    }
+
+    #[test]
+    fn lines_are_right_for_crlf_cr_bom_blank_lines_and_quoted_breaks() {
+        let lines = |text: &str| -> Vec<u64> {
+            parse_all(text)
+                .unwrap()
+                .into_iter()
+                .map(|p| match p {
+                    Parsed::Row(r) => r.line,
+                    Parsed::Skipped(s) => s.line,
+                })
+                .collect()
+        };
+        assert_eq!(lines("email\na@x.org\nb@x.org\n"), [2, 3]);
+        assert_eq!(lines("email\r\na@x.org\r\nb@x.org\r\n"), [2, 3]);
+        assert_eq!(lines("email\ra@x.org\rb@x.org"), [2, 3]);
+        assert_eq!(
+            lines("\u{feff}email,n\r\n\r\na@x.org,\"1\r\n2\"\r\n\nb@x.org,3\r\nbad,4"),
+            [3, 6, 7]
+        );
+        // Far beyond any read-ahead buffer, still right.
+        let mut text = String::from("email\r\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("u{i}@x.org\r\n"));
+            if i % 1000 == 0 {
+                text.push_str("\r\n");
+            }
+        }
+        let got = lines(&text);
+        assert_eq!(got[0], 2);
+        assert_eq!(got[1], 4, "a blank line after the first row");
+        assert_eq!(*got.last().unwrap(), 20_000 + 1 + 20);
     }
 
     #[test]

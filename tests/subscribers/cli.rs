@@ -197,7 +197,13 @@ fn strict_imports_nothing_and_dry_run_writes_nothing() {
 #[test]
 fn bom_crlf_and_header_case_are_accepted() {
     let p = Project::new();
-    p.stdout(&["import", "bom.csv"]);
+    // CRLF line ends and a blank line: the bad row is on line 4.
+    p.cmd(&["import", "bom.csv"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with(
+            "bom.csv: line 4: invalid email address \"bad@\": nothing after the @\n",
+        ));
     assert_eq!(
         p.stdout(&["list", "--format", "csv"]),
         "email,first_name,last_name,lists,status\nzoe@example.org,Zoë,,,active\n"
