@@ -7,8 +7,9 @@ CREATE TABLE subscribers (
     id              INTEGER PRIMARY KEY,
     -- As given (trimmed).
     email           TEXT NOT NULL,
-    -- Trimmed and lower-cased: what two addresses are compared by.
-    email_key       TEXT NOT NULL UNIQUE,
+    -- Trimmed and lower-cased: what two addresses are compared by
+    -- (unique: see subscribers_email_key).
+    email_key       TEXT NOT NULL,
     -- Lowercase hex SHA-256 of email_key: the identity in unsubscribe links.
     email_hash      TEXT NOT NULL,
     first_name      TEXT NOT NULL DEFAULT '',
@@ -23,6 +24,9 @@ CREATE TABLE subscribers (
     updated_at      TEXT NOT NULL,
     unsubscribed_at TEXT
 );
+-- A named unique index rather than a column constraint, so a bulk import
+-- can drop it and build it again in one sort (same meaning: UNIQUE).
+CREATE UNIQUE INDEX subscribers_email_key ON subscribers (email_key);
 CREATE INDEX subscribers_email_hash ON subscribers (email_hash);
 
 CREATE TABLE subscriber_lists (

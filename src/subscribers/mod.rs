@@ -67,8 +67,14 @@ pub fn email_hash(email: &str) -> [u8; 32] {
 
 /// [`email_hash`] as stored (`email_hash` columns): lowercase hex.
 pub fn email_hash_hex(email: &str) -> String {
+    key_hash_hex(&normalise_email(email))
+}
+
+/// [`email_hash_hex`] of an address already normalised.
+pub(crate) fn key_hash_hex(key: &str) -> String {
     let mut out = String::with_capacity(64);
-    for b in email_hash(email) {
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    for b in digest {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0xf)]));
     }

@@ -130,6 +130,29 @@ pub trait Conn: Send {
     /// Runs a statement (`$1, $2…` placeholders); rows affected.
     async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, sqlx::Error>;
     async fn fetch(&mut self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, sqlx::Error>;
+    /// Inserts rows of `width` values each (`values` holds them one row
+    /// after another) with `insert`, e.g. `INSERT INTO t (a, b)`; returns
+    /// the rows inserted. Multi-row `VALUES` statements unless the database
+    /// has something faster.
+    async fn insert_rows(
+        &mut self,
+        insert: &str,
+        width: usize,
+        values: Vec<Val>,
+    ) -> Result<u64, sqlx::Error> {
+        let per_statement = (MAX_PARAMS / width.max(1)).max(1) * width.max(1);
+        let mut values = values.into_iter().peekable();
+        let mut inserted = 0;
+        while values.peek().is_some() {
+            let chunk: Vec<Val> = values.by_ref().take(per_statement).collect();
+            let mut sql = format!("{insert} VALUES ");
+            for (i, _) in chunk.chunks(width.max(1)).enumerate() {
+                push_tuple(&mut sql, i, width, 0);
+            }
+            inserted += self.exec(&sql, chunk).await?;
+        }
+        Ok(inserted)
+    }
     async fn commit(self: Box<Self>) -> Result<(), sqlx::Error>;
     async fn rollback(self: Box<Self>) -> Result<(), sqlx::Error>;
 }
@@ -151,13 +174,34 @@ pub trait Driver: Send + Sync {
     fn exclusive_writes(&self) -> bool;
     /// Distinct attribute names, sorted (JSON functions differ).
     fn attribute_keys_sql(&self) -> &'static str;
-    /// The per-connection scratch table of an import (temp schemas differ).
-    fn scratch_table(&self) -> &'static str;
+    /// The schema of per-connection scratch tables (`temp`, `pg_temp`).
+    fn temp_schema(&self) -> &'static str;
     /// After an erasure: make sure the deleted bytes are gone from the
     /// database's files too, as far as the database allows.
     async fn erase_traces(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// Bind parameters per statement: under SQLite's 32766 and PostgreSQL's 65535.
+pub(crate) const MAX_PARAMS: usize = 30_000;
+
+/// Appends `($a, $a+1, …)` for row `i` of `width` values, after `offset`
+/// shared parameters, with a separating comma when needed.
+pub(crate) fn push_tuple(sql: &mut String, i: usize, width: usize, offset: usize) {
+    use std::fmt::Write as _;
+    if i > 0 {
+        sql.push_str(", ");
+    }
+    sql.push('(');
+    let base = offset + i * width;
+    for j in 0..width {
+        if j > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "${}", base + j + 1);
+    }
+    sql.push(')');
 }
 
 /// A transaction with errors already mapped for the person.
@@ -186,6 +230,17 @@ impl<'a> Tx<'a> {
     ) -> Result<Vec<Row>, StoreError> {
         self.conn
             .fetch(sql, args)
+            .await
+            .map_err(|e| self.driver.error(e))
+    }
+    pub(crate) async fn insert_rows(
+        &mut self,
+        insert: &str,
+        width: usize,
+        values: Vec<Val>,
+    ) -> Result<u64, StoreError> {
+        self.conn
+            .insert_rows(insert, width, values)
             .await
             .map_err(|e| self.driver.error(e))
     }

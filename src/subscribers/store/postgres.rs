@@ -144,8 +144,8 @@ impl Driver for PgDriver {
         "SELECT DISTINCT k FROM subscribers s, jsonb_object_keys(s.attributes::jsonb) AS k ORDER BY 1"
     }
 
-    fn scratch_table(&self) -> &'static str {
-        "pg_temp.tidings_import_seen"
+    fn temp_schema(&self) -> &'static str {
+        "pg_temp"
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqlitePool, Transaction, TypeInfo, ValueRef};
 
+use libsqlite3_sys as ffi;
+
 use super::{Backend, Conn, Driver, Row, StoreError, Val};
 
 /// How long a statement waits for another process's write to finish.
@@ -49,11 +51,15 @@ impl SqliteDriver {
             .foreign_keys(true)
             // `remove` erases a person: overwrite deleted content with
             // zeros instead of leaving it readable in free pages.
-            .pragma("secure_delete", "ON");
-        let driver = |pool| SqliteDriver {
-            pool,
-            name: name.clone(),
-        };
+            .pragma("secure_delete", "ON")
+            // Import scratch tables and sorts spill to temp files: memory
+            // stays flat whatever the size of the file.
+            .pragma("temp_store", "FILE")
+            // Sorts (duplicate check, index builds) may use a second core.
+            .pragma("threads", "2")
+            // For a new file only: fewer, fuller pages made a bulk import
+            // about 15% faster than the 4 KiB default.
+            .page_size(16384);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(busy_timeout + Duration::from_secs(5))
@@ -63,7 +69,7 @@ impl SqliteDriver {
                 Classified::Locked => StoreError::Locked { db: name.clone() },
                 Classified::Other(m) => open_err(m),
             })?;
-        let driver = driver(pool);
+        let driver = SqliteDriver { pool, name };
         sqlx::migrate!("migrations/sqlite")
             .run(&driver.pool)
             .await
@@ -141,8 +147,8 @@ impl Driver for SqliteDriver {
         "SELECT DISTINCT j.key FROM subscribers s, json_each(s.attributes) j ORDER BY 1"
     }
 
-    fn scratch_table(&self) -> &'static str {
-        "temp.tidings_import_seen"
+    fn temp_schema(&self) -> &'static str {
+        "temp"
     }
 
     /// The WAL still holds the pages as they were before the erasure:
@@ -162,7 +168,8 @@ fn query(
     sql: &str,
     args: Vec<Val>,
 ) -> sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
+    let (sql, args) = positional(sql, args);
+    let mut q = sqlx::query(AssertSqlSafe(sql));
     for a in args {
         q = match a {
             Val::Null => q.bind(None::<String>),
@@ -171,6 +178,61 @@ fn query(
         };
     }
     q
+}
+
+/// Rewrites `$N` placeholders as plain `?`, with the values in order of
+/// appearance (repeated where a `$N` is). SQLite finds a named parameter's
+/// number by a linear scan of all names, so binding thousands of `$N` in one
+/// statement takes quadratic time (56 s for 200,000 staged rows); plain `?`
+/// binds in order without a lookup.
+fn positional(sql: &str, args: Vec<Val>) -> (String, Vec<Val>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut order = Vec::with_capacity(args.len());
+    let bytes = sql.as_bytes();
+    let (mut copied, mut i, mut quoted) = (0, 0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'$' if !quoted && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let end = (i + 1..bytes.len())
+                    .find(|&j| !bytes[j].is_ascii_digit())
+                    .unwrap_or(bytes.len());
+                order.push(sql[i + 1..end].parse::<usize>().unwrap_or(0));
+                out.push_str(&sql[copied..i]);
+                out.push('?');
+                copied = end;
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&sql[copied..]);
+    // Each value is moved at its last use and copied before that, so a
+    // large one used once (a batch's JSON) is never copied.
+    let mut uses = vec![0usize; args.len()];
+    for &n in &order {
+        if let Some(u) = n.checked_sub(1).and_then(|k| uses.get_mut(k)) {
+            *u += 1;
+        }
+    }
+    let mut args: Vec<Option<Val>> = args.into_iter().map(Some).collect();
+    let ordered = order
+        .iter()
+        .map(|&n| {
+            let Some(k) = n.checked_sub(1).filter(|&k| k < args.len()) else {
+                return Val::Null;
+            };
+            uses[k] -= 1;
+            if uses[k] == 0 {
+                args[k].take().unwrap_or(Val::Null)
+            } else {
+                args[k].clone().unwrap_or(Val::Null)
+            }
+        })
+        .collect();
+    (out, ordered)
 }
 
 #[async_trait::async_trait]
@@ -206,11 +268,127 @@ impl Conn for SqliteTx {
             .collect()
     }
 
+    async fn insert_rows(
+        &mut self,
+        insert: &str,
+        width: usize,
+        values: Vec<Val>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut handle = self.0.lock_handle().await?;
+        let db = handle.as_raw_handle();
+        let placeholders = vec!["?"; width].join(", ");
+        bulk_insert(
+            db,
+            &format!("{insert} VALUES ({placeholders})"),
+            width,
+            &values,
+        )
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), sqlx::Error> {
         self.0.commit().await
     }
 
     async fn rollback(self: Box<Self>) -> Result<(), sqlx::Error> {
         self.0.rollback().await
+    }
+}
+
+/// Inserts rows with one statement prepared once and run per row, the
+/// values bound in place (`SQLITE_STATIC`: no copy). Through sqlx each
+/// value costs three allocations and two copies, which made binding the
+/// bottleneck of an import; this is sqlx's documented escape hatch for such
+/// cases (`lock_handle`): its worker makes no calls on the connection while
+/// the handle is held. Runs inside the caller's open transaction.
+fn bulk_insert(
+    db: std::ptr::NonNull<ffi::sqlite3>,
+    sql: &str,
+    width: usize,
+    values: &[Val],
+) -> Result<u64, sqlx::Error> {
+    use std::ffi::c_int;
+
+    /// Finalizes the statement however the loop ends.
+    struct Statement(*mut ffi::sqlite3_stmt);
+    impl Drop for Statement {
+        fn drop(&mut self) {
+            // SAFETY: prepared below on this connection, finalized once.
+            unsafe { ffi::sqlite3_finalize(self.0) };
+        }
+    }
+    let db = db.as_ptr();
+    let error = |db: *mut ffi::sqlite3| {
+        // SAFETY: `db` is a valid open connection; the message is copied
+        // before any other call on it.
+        let message = unsafe { std::ffi::CStr::from_ptr(ffi::sqlite3_errmsg(db)) }
+            .to_string_lossy()
+            .into_owned();
+        sqlx::Error::Protocol(format!("bulk insert: {message}"))
+    };
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: `db` is valid while the handle is locked; `sql` is passed with
+    // its length, so it needs no terminating NUL.
+    let rc = unsafe {
+        ffi::sqlite3_prepare_v2(
+            db,
+            sql.as_ptr().cast(),
+            c_int::try_from(sql.len()).unwrap_or(c_int::MAX),
+            &mut raw,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(error(db));
+    }
+    let statement = Statement(raw);
+    let mut inserted = 0u64;
+    for row in values.chunks(width) {
+        for (i, value) in row.iter().enumerate() {
+            let index = c_int::try_from(i + 1).unwrap_or(c_int::MAX);
+            // SAFETY: the statement is live; text stays borrowed from
+            // `values`, which outlives every step of this statement.
+            let rc = unsafe {
+                match value {
+                    Val::Null => ffi::sqlite3_bind_null(statement.0, index),
+                    Val::Int(n) => ffi::sqlite3_bind_int64(statement.0, index, *n),
+                    Val::Text(t) => ffi::sqlite3_bind_text64(
+                        statement.0,
+                        index,
+                        t.as_ptr().cast(),
+                        t.len() as u64,
+                        ffi::SQLITE_STATIC(),
+                        ffi::SQLITE_UTF8 as u8,
+                    ),
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                return Err(error(db));
+            }
+        }
+        // SAFETY: all parameters are bound; reset makes it ready again.
+        let rc = unsafe { ffi::sqlite3_step(statement.0) };
+        if rc != ffi::SQLITE_DONE {
+            let e = error(db);
+            unsafe { ffi::sqlite3_reset(statement.0) };
+            return Err(e);
+        }
+        unsafe { ffi::sqlite3_reset(statement.0) };
+        inserted += 1;
+    }
+    Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_positional() {
+        let (sql, args) = positional(
+            "SELECT '$1', $2, $1 || $10",
+            (1..=10).map(Val::Int).collect(),
+        );
+        assert_eq!(sql, "SELECT '$1', ?, ? || ?");
+        assert_eq!(args, [Val::Int(2), Val::Int(1), Val::Int(10)]);
     }
 }
