@@ -53,6 +53,7 @@ suite!(
     recipients_stats_and_attribute_keys,
     add_updates_and_refuses,
     failed_read_writes_nothing,
+    bulk_import_into_a_non_empty_store,
 );
 
 fn options() -> ImportOptions {
@@ -739,6 +740,69 @@ async fn add_updates_and_refuses(ctx: &Ctx) {
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "first_name contains a line break");
+}
+
+/// Big enough for the bulk path (on SQLite: ids up front, address indexes
+/// dropped and rebuilt), into a store that already has people in it.
+async fn bulk_import_into_a_non_empty_store(ctx: &Ctx) {
+    let s = &ctx.store;
+    let file = |from: usize, to: usize| {
+        let mut text = String::from("email,first_name,lists\n");
+        for i in from..to {
+            text.push_str(&format!(
+                "u{i}@example.org,U{i},{}\n",
+                if i % 2 == 0 { "a;b" } else { "a" }
+            ));
+        }
+        text
+    };
+    let (r, _) = import(s, &file(0, 21_000), options()).await;
+    assert_eq!(r, report(21_000, [21_000, 0, 0, 0, 0, 0, 0], true));
+    s.unsubscribe("u5@example.org", "link").await.unwrap();
+    s.remove("u6@example.org", "remove").await.unwrap();
+    // Overlaps the first file by 1,000 rows, adds 41,000.
+    let (r, _) = import(s, &file(20_000, 62_000), options()).await;
+    assert_eq!(r, report(42_000, [41_000, 0, 1_000, 0, 0, 0, 0], true));
+    let (r, _) = import(s, &file(0, 10), options()).await;
+    assert_eq!(r, report(10, [0, 0, 8, 1, 0, 1, 0], true));
+    // The rebuilt indexes are there and unique: the same person, not a new row.
+    let before = s.get("u61999@example.org").await.unwrap().unwrap();
+    let new = NewSubscriber {
+        email: "U61999@Example.org".into(),
+        ..NewSubscriber::default()
+    };
+    assert_eq!(
+        s.add(&new, "add", false).await.unwrap(),
+        AddOutcome::Updated { id: before.id }
+    );
+    assert_eq!(
+        s.unsubscribe_by_hash(&email_hash_hex("u40000@example.org"), "one-click")
+            .await
+            .unwrap(),
+        UnsubscribeOutcome::Unsubscribed
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!(
+        (stats.active, stats.unsubscribed, stats.suppressed),
+        (61_997, 2, 1)
+    );
+    assert_eq!(stats.lists[0].list, "a");
+    assert_eq!(stats.lists[0].active + stats.lists[0].unsubscribed, 61_999);
+    assert_eq!(stats.lists[1].active + stats.lists[1].unsubscribed, 30_999);
+    let ids: Vec<i64> = s
+        .recipients(None)
+        .map_ok(|(id, _)| id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 61_997);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let u20000 = s.get("u20000@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (u20000.first_name.as_str(), u20000.lists.len()),
+        ("U20000", 2)
+    );
+    assert_eq!(s.events("u40000@example.org").await.unwrap().len(), 2);
 }
 
 /// A reader that fails part-way, like a file on a disk that goes away.

@@ -196,6 +196,11 @@ async fn run(
 
     let mut report = ImportReport::default();
     load_file(tx, scratch, reader, extra_lists, &mut report).await?;
+    for table in scratch.all() {
+        if let Some(sql) = tx.driver.analyze_sql(table) {
+            tx.exec(&sql, vec![]).await?;
+        }
+    }
     laps.lap("staged");
 
     // Duplicates in the file: every line after an address's first. The
@@ -294,14 +299,15 @@ async fn run(
     Ok(report)
 }
 
-/// Lines per ranged delete from the stage (see [`delete_staged`]).
-const DELETE_RANGE: i64 = 50_000;
-
-/// `DELETE FROM stage WHERE <condition>`, a range of lines at a time:
-/// SQLite gathers the row ids of a multi-row delete in memory before
-/// deleting, so one statement over a whole file would grow with it.
-/// `condition` may refer to the stage as `{stage}`.
+/// `DELETE FROM stage WHERE <condition>` (which may refer to the stage as
+/// `{stage}`), in line ranges where the database wants them
+/// ([`Driver::delete_range`]).
 async fn delete_staged(tx: &mut Tx<'_>, stage: &str, condition: &str) -> Result<u64, StoreError> {
+    let Some(range) = tx.driver.delete_range() else {
+        return tx
+            .exec(&format!("DELETE FROM {stage} WHERE {condition}"), vec![])
+            .await;
+    };
     let max = tx
         .count(
             &format!("SELECT COALESCE(MAX(line), 0) FROM {stage}"),
@@ -311,7 +317,7 @@ async fn delete_staged(tx: &mut Tx<'_>, stage: &str, condition: &str) -> Result<
     let sql = format!("DELETE FROM {stage} WHERE line > $1 AND line <= $2 AND {condition}");
     let (mut low, mut deleted) = (0i64, 0u64);
     while low < max {
-        let high = low + DELETE_RANGE;
+        let high = low + range;
         deleted += tx.exec(&sql, vec![Val::Int(low), Val::Int(high)]).await?;
         low = high;
     }

@@ -176,6 +176,18 @@ pub trait Driver: Send + Sync {
     fn attribute_keys_sql(&self) -> &'static str;
     /// The schema of per-connection scratch tables (`temp`, `pg_temp`).
     fn temp_schema(&self) -> &'static str;
+    /// A statement that gives the planner statistics for a scratch table
+    /// once filled, if the database needs one (PostgreSQL never analyzes
+    /// temp tables by itself, and plans joins on them blind).
+    fn analyze_sql(&self, _table: &str) -> Option<String> {
+        None
+    }
+    /// Lines per statement when deleting from an import's stage: SQLite
+    /// gathers the row ids of a multi-row delete in memory first, so one
+    /// statement over a whole file would grow with the file.
+    fn delete_range(&self) -> Option<i64> {
+        Some(50_000)
+    }
     /// After an erasure: make sure the deleted bytes are gone from the
     /// database's files too, as far as the database allows.
     async fn erase_traces(&self) -> Result<(), StoreError> {
