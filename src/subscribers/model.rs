@@ -275,7 +275,7 @@ pub fn check_email(email: &str) -> Result<(), String> {
     if email.is_empty() {
         return Err("empty email address".into());
     }
-    if email.chars().count() > MAX_EMAIL_CHARS {
+    if email.len() > MAX_EMAIL_CHARS && email.chars().count() > MAX_EMAIL_CHARS {
         return Err(format!(
             "email address is longer than {MAX_EMAIL_CHARS} characters"
         ));
@@ -315,7 +315,8 @@ pub fn check_text(field: &str, value: &str, single_line: bool) -> Result<(), Str
             return Err(format!("{field} contains a control character"));
         }
     }
-    if value.chars().count() > MAX_FIELD_CHARS {
+    // Bytes bound characters: count them only when it could matter.
+    if value.len() > MAX_FIELD_CHARS && value.chars().count() > MAX_FIELD_CHARS {
         return Err(format!(
             "{field} is longer than {MAX_FIELD_CHARS} characters"
         ));
@@ -333,7 +334,7 @@ pub fn check_list_name(name: &str) -> Result<(), String> {
             "list name {name:?} contains ';', ',' or a control character"
         ));
     }
-    if name.chars().count() > MAX_LIST_CHARS {
+    if name.len() > MAX_LIST_CHARS && name.chars().count() > MAX_LIST_CHARS {
         return Err(format!(
             "list name {name:?} is longer than {MAX_LIST_CHARS} characters"
         ));

@@ -332,7 +332,6 @@ async fn load_file(
     extra_lists: Vec<String>,
     report: &mut ImportReport,
 ) -> Result<(), StoreError> {
-    let header = Arc::clone(reader.header());
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(QUEUE);
     let producer = tokio::task::spawn_blocking(move || -> Result<(), CsvError> {
         let new_batch = || Batch {
@@ -342,7 +341,7 @@ async fn load_file(
         let mut batch = new_batch();
         while let Some(parsed) = reader.next_row()? {
             match parsed {
-                Parsed::Row(row) => batch.rows.push(staged(&header, row, &extra_lists)),
+                Parsed::Row(row) => batch.rows.push(staged(row, &extra_lists)),
                 Parsed::Skipped(s) => batch.skipped.push(s),
             }
             if batch.rows.len() + batch.skipped.len() >= BATCH {
@@ -380,23 +379,9 @@ async fn load_file(
 
 /// Everything per row that needs no database, on the reader thread, with
 /// as few allocations as it takes (they dominated the reader's time).
-fn staged(header: &Header, row: CsvRow, extra_lists: &[String]) -> Staged {
+fn staged(row: CsvRow, extra_lists: &[String]) -> Staged {
     let key = normalise_email(&row.email);
     let hash = key_hash_hex(&key);
-    // The attributes' JSON, written directly: names are sorted already.
-    let mut json = Vec::with_capacity(64);
-    json.push(b'{');
-    for (name, value) in header.attribute_names().zip(&row.attributes) {
-        if let Some(v) = value {
-            if json.len() > 1 {
-                json.push(b',');
-            }
-            let _ = serde_json::to_writer(&mut json, name);
-            json.push(b':');
-            let _ = serde_json::to_writer(&mut json, v);
-        }
-    }
-    json.push(b'}');
     let mut lists = row.lists;
     for l in extra_lists {
         if !lists.contains(l) {
@@ -410,7 +395,7 @@ fn staged(header: &Header, row: CsvRow, extra_lists: &[String]) -> Staged {
         hash,
         first_name: row.first_name,
         last_name: row.last_name,
-        attributes: String::from_utf8(json).unwrap_or_else(|_| "{}".into()),
+        attributes: row.attributes,
         status: row.status,
         lists,
     }
