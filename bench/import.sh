@@ -46,6 +46,8 @@ run() {
     local label=$1 database=$2
     local out="$WORK/time.txt"
     printf 'database = "%s"\n' "$database" > "$WORK/tidings.toml"
+    # Start each run with nothing left to write back from the last one.
+    sync
     # Only the variables the binary knows: it refuses unknown TIDINGS_*.
     env -u TIDINGS_TEST_POSTGRES_URL -u TIDINGS_DATABASE_URL \
         /usr/bin/time -v "$BIN" --config "$WORK/tidings.toml" \
