@@ -45,6 +45,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// What was sent, failed, deferred and skipped for an issue
     Status(send::StatusArgs),
+    /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
+    Subscribers(crate::subscribers::cli::SubscribersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check(&config, args),
         Command::Send(args) => send::send(&config, args),
         Command::Status(args) => send::status(&config, args),
+        Command::Subscribers(args) => crate::subscribers::cli::run(&config, args),
     }
 }
 

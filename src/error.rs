@@ -8,6 +8,7 @@ use crate::db::DbError;
 use crate::deliver::DeliverError;
 use crate::render::RenderError;
 use crate::subscribers::csv::CsvError;
+use crate::subscribers::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +24,9 @@ pub enum Error {
     Csv(#[from] CsvError),
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The subscriber database could not be opened, was locked, or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,

@@ -1,6 +1,17 @@
-//! Subscribers: the model, CSV reading, and the store (SQLite or PostgreSQL).
+//! Subscribers: the model, CSV import and export, the store (SQLite or
+//! PostgreSQL) and the `tidings subscribers …` commands.
+
+pub mod cli;
+pub mod csv;
+pub mod model;
+pub mod store;
 
 use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+pub use model::{ImportOptions, ImportReport, ListFilter, SkippedRow, Stats, Status, Subscriber};
+pub use store::{Backend, Store, StoreError};
 
 use crate::render::personalise::Fields;
 
@@ -39,12 +50,38 @@ impl Recipient {
     }
 }
 
-/// The key two addresses are compared by: trimmed, and compared
-/// case-insensitively (the domain is case-insensitive by standard, and in
-/// practice every mailbox provider treats the local part the same way).
+/// The key two addresses are compared by (`email_key` in the store):
+/// trimmed, and compared case-insensitively (the domain is case-insensitive
+/// by standard, and in practice every mailbox provider treats the local
+/// part the same way), so the whole address is lower-cased.
 pub fn normalise_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
+
+/// SHA-256 of the normalised address: the identity in unsubscribe links
+/// and in the suppression list (`deliver::unsubscribe::email_hash` is the
+/// same bytes).
+pub fn email_hash(email: &str) -> [u8; 32] {
+    Sha256::digest(normalise_email(email).as_bytes()).into()
+}
+
+/// [`email_hash`] as stored (`email_hash` columns): lowercase hex.
+pub fn email_hash_hex(email: &str) -> String {
+    key_hash_hex(&normalise_email(email))
+}
+
+/// [`email_hash_hex`] of an address already normalised.
+pub(crate) fn key_hash_hex(key: &str) -> String {
+    let mut out = String::with_capacity(64);
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A recipient plus what only the send knows (the signed unsubscribe link).
 pub struct RecipientFields<'a> {
@@ -77,17 +114,19 @@ impl Fields for RecipientFields<'_> {
     }
 }
 
-pub mod csv;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Lower-case hex SHA-256 of the normalised address: the subscriber's
-/// identity in unsubscribe links and in the suppression list.
-pub fn email_hash_hex(email: &str) -> String {
-    use std::fmt::Write;
-    crate::deliver::unsubscribe::email_hash(email).iter().fold(
-        String::with_capacity(64),
-        |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        },
-    )
+    #[test]
+    fn hash_is_the_unsubscribe_links_hash_in_hex() {
+        let bytes = crate::deliver::unsubscribe::email_hash(" Ana@Example.org ");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(email_hash_hex("ana@example.org"), hex);
+        assert_eq!(
+            email_hash_hex("ana@example.org"),
+            // printf 'ana@example.org' | sha256sum
+            "86b9260a115ceac89a9738af23696ce3a5d70449de8d95ef28bd754bb80196b9"
+        );
+    }
 }

@@ -1,0 +1,1137 @@
+//! The subscriber store: one [`Store`] API over one [`Driver`] trait with two
+//! implementations, SQLite (the zero-setup default) and PostgreSQL.
+//!
+//! All rules (what an import does to whom, what is counted, which events
+//! are recorded) live once in this module and in `import.rs`, written in
+//! SQL both databases accept; a driver only opens the database, runs its
+//! embedded migrations, starts transactions, runs a statement with bound
+//! values, and turns its errors into messages a person can act on. That is
+//! how both stores behave the same, and why the test suite can run one set
+//! of tests against each.
+//!
+//! Timestamps are RFC 3339 UTC text with whole seconds on both databases,
+//! so the API returns the same values whichever is used.
+
+mod import;
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+
+use super::csv::CsvError;
+use super::model::{
+    self, AddOutcome, BounceOutcome, ImportOptions, ImportReport, ListFilter, ListStats,
+    NewSubscriber, RemoveOutcome, ResubscribeOutcome, SkippedRow, Stats, Status, Subscriber,
+    UnsubscribeOutcome,
+};
+use super::{Recipient, email_hash_hex, normalise_email};
+use crate::config::ENV_DATABASE_URL;
+
+/// A database error, said so that a person can act on it. Every message
+/// names the database (a PostgreSQL URL without its password).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database `{url}` is not understood: {message} (use sqlite:PATH or postgres://user@host/db)"
+    )]
+    Url { url: String, message: String },
+    #[error(
+        "cannot open SQLite database {db}: {message} (check the folder exists and is writable)"
+    )]
+    Open { db: String, message: String },
+    #[error("database {db} is locked by another process: wait for it to finish or stop it")]
+    Locked { db: String },
+    #[error(
+        "cannot connect to PostgreSQL at {db}: {message} (set {ENV_DATABASE_URL} or `database` in tidings.toml)"
+    )]
+    Unavailable { db: String, message: String },
+    #[error("cannot prepare database {db}: {message}")]
+    Migrate { db: String, message: String },
+    #[error("database {db}: {message}")]
+    Query { db: String, message: String },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    /// Input the store refuses (an invalid address given to `add`, …).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The pool of whichever database is configured, for code that writes its
+/// own SQL against the same database (the send journal).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// A bound value or a column value: the few types the schema uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl From<&str> for Val {
+    fn from(s: &str) -> Val {
+        Val::Text(s.to_string())
+    }
+}
+impl From<String> for Val {
+    fn from(s: String) -> Val {
+        Val::Text(s)
+    }
+}
+impl From<i64> for Val {
+    fn from(i: i64) -> Val {
+        Val::Int(i)
+    }
+}
+impl From<Option<String>> for Val {
+    fn from(s: Option<String>) -> Val {
+        s.map_or(Val::Null, Val::Text)
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Val>);
+
+impl Row {
+    pub fn int(&self, i: usize) -> i64 {
+        match &self.0[i] {
+            Val::Int(v) => *v,
+            Val::Text(t) => t.parse().unwrap_or(0),
+            Val::Null => 0,
+        }
+    }
+    pub fn text(&mut self, i: usize) -> String {
+        match std::mem::replace(&mut self.0[i], Val::Null) {
+            Val::Text(t) => t,
+            Val::Int(v) => v.to_string(),
+            Val::Null => String::new(),
+        }
+    }
+    pub fn opt_text(&mut self, i: usize) -> Option<String> {
+        match &self.0[i] {
+            Val::Null => None,
+            _ => Some(self.text(i)),
+        }
+    }
+}
+
+/// An open transaction on one connection.
+#[async_trait::async_trait]
+pub trait Conn: Send {
+    /// Runs a statement (`$1, $2…` placeholders); rows affected.
+    async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, sqlx::Error>;
+    async fn fetch(&mut self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, sqlx::Error>;
+    /// Inserts rows of `width` values each (`values` holds them one row
+    /// after another) with `insert`, e.g. `INSERT INTO t (a, b)`; returns
+    /// the rows inserted. Multi-row `VALUES` statements unless the database
+    /// has something faster.
+    async fn insert_rows(
+        &mut self,
+        insert: &str,
+        width: usize,
+        values: Vec<Val>,
+    ) -> Result<u64, sqlx::Error> {
+        let per_statement = (MAX_PARAMS / width.max(1)).max(1) * width.max(1);
+        let mut values = values.into_iter().peekable();
+        let mut inserted = 0;
+        while values.peek().is_some() {
+            let chunk: Vec<Val> = values.by_ref().take(per_statement).collect();
+            let mut sql = format!("{insert} VALUES ");
+            for (i, _) in chunk.chunks(width.max(1)).enumerate() {
+                push_tuple(&mut sql, i, width, 0);
+            }
+            inserted += self.exec(&sql, chunk).await?;
+        }
+        Ok(inserted)
+    }
+    async fn commit(self: Box<Self>) -> Result<(), sqlx::Error>;
+    async fn rollback(self: Box<Self>) -> Result<(), sqlx::Error>;
+}
+
+/// What each database implements; everything else is shared.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync {
+    /// The database for messages (never with a password).
+    fn name(&self) -> &str;
+    fn backend(&self) -> Backend;
+    /// A transaction. `write` takes the database's write lock up front
+    /// where it has one (SQLite), so a busy database is reported before any
+    /// work and a long import cannot fail half-way on the lock.
+    async fn begin(&self, write: bool) -> Result<Box<dyn Conn>, StoreError>;
+    /// Turns a database error into one a person can act on.
+    fn error(&self, e: sqlx::Error) -> StoreError;
+    /// True when a write transaction shuts out every other writer (SQLite),
+    /// so facts checked at its start stay true until it ends.
+    fn exclusive_writes(&self) -> bool;
+    /// Distinct attribute names, sorted (JSON functions differ).
+    fn attribute_keys_sql(&self) -> &'static str;
+    /// The schema of per-connection scratch tables (`temp`, `pg_temp`).
+    fn temp_schema(&self) -> &'static str;
+    /// A statement that gives the planner statistics for a scratch table
+    /// once filled, if the database needs one (PostgreSQL never analyzes
+    /// temp tables by itself, and plans joins on them blind).
+    fn analyze_sql(&self, _table: &str) -> Option<String> {
+        None
+    }
+    /// Lines per statement when deleting from an import's stage: SQLite
+    /// gathers the row ids of a multi-row delete in memory first, so one
+    /// statement over a whole file would grow with the file.
+    fn delete_range(&self) -> Option<i64> {
+        Some(50_000)
+    }
+    /// After an erasure: make sure the deleted bytes are gone from the
+    /// database's files too, as far as the database allows.
+    async fn erase_traces(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Bind parameters per statement: under SQLite's 32766 and PostgreSQL's 65535.
+pub(crate) const MAX_PARAMS: usize = 30_000;
+
+/// Appends `($a, $a+1, …)` for row `i` of `width` values, after `offset`
+/// shared parameters, with a separating comma when needed.
+pub(crate) fn push_tuple(sql: &mut String, i: usize, width: usize, offset: usize) {
+    use std::fmt::Write as _;
+    if i > 0 {
+        sql.push_str(", ");
+    }
+    sql.push('(');
+    let base = offset + i * width;
+    for j in 0..width {
+        if j > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "${}", base + j + 1);
+    }
+    sql.push(')');
+}
+
+/// A transaction with errors already mapped for the person.
+pub(crate) struct Tx<'a> {
+    conn: Box<dyn Conn>,
+    driver: &'a dyn Driver,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) async fn begin(driver: &'a dyn Driver, write: bool) -> Result<Tx<'a>, StoreError> {
+        Ok(Tx {
+            conn: driver.begin(write).await?,
+            driver,
+        })
+    }
+    pub(crate) async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, StoreError> {
+        self.conn
+            .exec(sql, args)
+            .await
+            .map_err(|e| self.driver.error(e))
+    }
+    pub(crate) async fn fetch(
+        &mut self,
+        sql: &str,
+        args: Vec<Val>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.conn
+            .fetch(sql, args)
+            .await
+            .map_err(|e| self.driver.error(e))
+    }
+    pub(crate) async fn insert_rows(
+        &mut self,
+        insert: &str,
+        width: usize,
+        values: Vec<Val>,
+    ) -> Result<u64, StoreError> {
+        self.conn
+            .insert_rows(insert, width, values)
+            .await
+            .map_err(|e| self.driver.error(e))
+    }
+    pub(crate) async fn one(
+        &mut self,
+        sql: &str,
+        args: Vec<Val>,
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.fetch(sql, args).await?.into_iter().next())
+    }
+    pub(crate) async fn count(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, StoreError> {
+        Ok(self.one(sql, args).await?.map_or(0, |r| r.int(0)) as u64)
+    }
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        let driver = self.driver;
+        self.conn.commit().await.map_err(|e| driver.error(e))
+    }
+    pub(crate) async fn rollback(self) -> Result<(), StoreError> {
+        let driver = self.driver;
+        self.conn.rollback().await.map_err(|e| driver.error(e))
+    }
+    /// Records a status change: the hash, never the address.
+    pub(crate) async fn event(
+        &mut self,
+        hash: &str,
+        event: &str,
+        source: &str,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO subscriber_events (email_hash, event, source, at) VALUES ($1, $2, $3, $4)",
+            vec![hash.into(), event.into(), source.into(), at.into()],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Columns of a full subscriber row, in [`subscriber_from_row`] order.
+const COLUMNS: &str = "s.id, s.email, s.email_key, s.email_hash, s.first_name, s.last_name, s.attributes, s.status, s.source, s.created_at, s.updated_at, s.unsubscribed_at";
+
+fn subscriber_from_row(mut r: Row) -> Subscriber {
+    Subscriber {
+        id: r.int(0),
+        email: r.text(1),
+        email_key: r.text(2),
+        email_hash: r.text(3),
+        first_name: r.text(4),
+        last_name: r.text(5),
+        attributes: parse_attributes(&r.text(6)),
+        status: parse_status(&r.text(7)),
+        source: r.text(8),
+        created_at: r.text(9),
+        updated_at: r.text(10),
+        unsubscribed_at: r.opt_text(11),
+        lists: Vec::new(),
+    }
+}
+
+/// Stored statuses are constrained by the schema; anything else reads as
+/// bounced, so a corrupted row is never sent to.
+fn parse_status(s: &str) -> Status {
+    s.parse().unwrap_or(Status::Bounced)
+}
+
+pub(crate) fn parse_attributes(json: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// Attributes as stored: a JSON object, keys sorted, no spaces.
+pub(crate) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into())
+}
+
+/// Rows per page when walking the store.
+const PAGE: i64 = 500;
+
+/// The subscriber store.
+pub struct Store {
+    driver: Box<dyn Driver>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("database", &self.driver.name())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the configured database: `sqlite:PATH` (relative to `base`;
+    /// the file and its folder are created on first use) or
+    /// `postgres://…`; applies the embedded migrations.
+    pub async fn open(url: &str, base: &Path) -> Result<Store, StoreError> {
+        let driver: Box<dyn Driver> = if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() || path.starts_with(":memory:") {
+                return Err(StoreError::Url {
+                    url: url.to_string(),
+                    message: "give a file path, e.g. sqlite:subscribers/subscribers.db".into(),
+                });
+            }
+            let path = PathBuf::from(path);
+            let path = if path.is_relative() {
+                base.join(path)
+            } else {
+                path
+            };
+            Box::new(sqlite::SqliteDriver::open(&path).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Box::new(postgres::PgDriver::open(url).await?)
+        } else {
+            return Err(StoreError::Url {
+                url: redact_url(url),
+                message: "unknown kind of database".into(),
+            });
+        };
+        Ok(Store { driver })
+    }
+
+    pub fn from_driver(driver: Box<dyn Driver>) -> Store {
+        Store { driver }
+    }
+
+    /// The database, for messages (a PostgreSQL URL without its password).
+    pub fn name(&self) -> &str {
+        self.driver.name()
+    }
+
+    /// The pool, for code that writes its own SQL (the send journal).
+    pub fn backend(&self) -> Backend {
+        self.driver.backend()
+    }
+
+    /// Imports a CSV file; see [`Store::import`].
+    pub async fn import_file(
+        &self,
+        path: &Path,
+        mut options: ImportOptions,
+        on_skip: &mut (dyn FnMut(&SkippedRow) + Send),
+    ) -> Result<ImportReport, StoreError> {
+        let file = std::fs::File::open(path).map_err(|source| CsvError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if options.source.is_empty() {
+            let name = path.file_name().unwrap_or(path.as_os_str());
+            options.source = format!("import:{}", name.to_string_lossy());
+        }
+        self.import(Box::new(file), path, options, on_skip).await
+    }
+
+    /// Imports CSV rows, streaming: memory does not grow with the input.
+    /// Each skipped row is handed to `on_skip` as it is found (in line
+    /// order). One transaction: nothing is written if the import fails,
+    /// or with `strict` if any row is bad, or with `dry_run`.
+    pub async fn import(
+        &self,
+        input: Box<dyn Read + Send>,
+        path: &Path,
+        options: ImportOptions,
+        on_skip: &mut (dyn FnMut(&SkippedRow) + Send),
+    ) -> Result<ImportReport, StoreError> {
+        import::import(self.driver.as_ref(), input, path, options, on_skip).await
+    }
+
+    /// Adds one person, or updates their details if they are active.
+    /// Unsubscribed and bounced people are left alone unless `resubscribe`
+    /// (they asked to come back); removed people are always refused.
+    pub async fn add(
+        &self,
+        new: &NewSubscriber,
+        source: &str,
+        resubscribe: bool,
+    ) -> Result<AddOutcome, StoreError> {
+        let email = new.email.trim();
+        model::check_email(email).map_err(StoreError::Invalid)?;
+        for (field, value) in [
+            ("first_name", &new.first_name),
+            ("last_name", &new.last_name),
+        ] {
+            if let Some(v) = value {
+                model::check_text(field, v, true).map_err(StoreError::Invalid)?;
+            }
+        }
+        for (k, v) in &new.attributes {
+            model::check_attribute_name(k).map_err(StoreError::Invalid)?;
+            model::check_text(k, v, false).map_err(StoreError::Invalid)?;
+        }
+        for l in &new.lists {
+            model::check_list_name(l).map_err(StoreError::Invalid)?;
+        }
+        let key = normalise_email(email);
+        let hash = email_hash_hex(email);
+        let now = model::now();
+        let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
+        let mut lifted_suppression = false;
+        if let Some(mut s) = tx
+            .one(
+                "SELECT reason, created_at FROM suppressions WHERE email_hash = $1",
+                vec![hash.clone().into()],
+            )
+            .await?
+        {
+            let reason = s.text(0);
+            if !(resubscribe && reason == SUPPRESSED_UNSUBSCRIBED) {
+                tx.rollback().await?;
+                return Ok(AddOutcome::Suppressed {
+                    reason,
+                    since: s.text(1),
+                });
+            }
+            tx.exec(
+                "DELETE FROM suppressions WHERE email_hash = $1",
+                vec![hash.clone().into()],
+            )
+            .await?;
+            lifted_suppression = true;
+        }
+        let existing = tx
+            .one(
+                &format!("SELECT {COLUMNS} FROM subscribers s WHERE s.email_key = $1"),
+                vec![key.clone().into()],
+            )
+            .await?
+            .map(subscriber_from_row);
+        let outcome = match existing {
+            None => {
+                let mut attributes = new.attributes.clone();
+                attributes.retain(|_, v| !v.trim().is_empty());
+                let row = tx
+                    .one(
+                        "INSERT INTO subscribers (email, email_key, email_hash, first_name, last_name, attributes, status, source, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $8) RETURNING id",
+                        vec![
+                            email.into(),
+                            key.into(),
+                            hash.clone().into(),
+                            new.first_name.as_deref().unwrap_or("").trim().into(),
+                            new.last_name.as_deref().unwrap_or("").trim().into(),
+                            attributes_json(&attributes).into(),
+                            source.into(),
+                            now.clone().into(),
+                        ],
+                    )
+                    .await?;
+                let id = row.map_or(0, |r| r.int(0));
+                add_lists(&mut tx, id, &new.lists).await?;
+                let event = if lifted_suppression {
+                    "resubscribed"
+                } else {
+                    "added"
+                };
+                tx.event(&hash, event, source, &now).await?;
+                if lifted_suppression {
+                    AddOutcome::Resubscribed { id }
+                } else {
+                    AddOutcome::Added { id }
+                }
+            }
+            Some(mut s) => {
+                s.lists = list_names(&mut tx, s.id).await?;
+                let inactive = s.status != Status::Active;
+                if inactive && !resubscribe {
+                    tx.rollback().await?;
+                    return Ok(match s.status {
+                        Status::Bounced => AddOutcome::Bounced,
+                        _ => AddOutcome::Unsubscribed {
+                            since: s.unsubscribed_at,
+                        },
+                    });
+                }
+                let mut merged = s.clone();
+                merged.email = email.to_string();
+                if let Some(f) = &new.first_name {
+                    merged.first_name = f.trim().to_string();
+                }
+                if let Some(l) = &new.last_name {
+                    merged.last_name = l.trim().to_string();
+                }
+                for (k, v) in &new.attributes {
+                    if v.trim().is_empty() {
+                        merged.attributes.remove(k);
+                    } else {
+                        merged.attributes.insert(k.clone(), v.trim().to_string());
+                    }
+                }
+                let new_lists: Vec<String> = new
+                    .lists
+                    .iter()
+                    .filter(|l| !s.lists.contains(l))
+                    .cloned()
+                    .collect();
+                let changed = merged.email != s.email
+                    || merged.first_name != s.first_name
+                    || merged.last_name != s.last_name
+                    || merged.attributes != s.attributes
+                    || !new_lists.is_empty();
+                if changed || inactive {
+                    tx.exec(
+                        "UPDATE subscribers SET email = $1, first_name = $2, last_name = $3, attributes = $4, \
+                         status = 'active', unsubscribed_at = NULL, updated_at = $5 WHERE id = $6",
+                        vec![
+                            merged.email.into(),
+                            merged.first_name.into(),
+                            merged.last_name.into(),
+                            attributes_json(&merged.attributes).into(),
+                            now.clone().into(),
+                            s.id.into(),
+                        ],
+                    )
+                    .await?;
+                    add_lists(&mut tx, s.id, &new_lists).await?;
+                }
+                if inactive {
+                    tx.event(&hash, "resubscribed", source, &now).await?;
+                    AddOutcome::Resubscribed { id: s.id }
+                } else if changed {
+                    tx.event(&hash, "updated", source, &now).await?;
+                    AddOutcome::Updated { id: s.id }
+                } else {
+                    AddOutcome::Unchanged { id: s.id }
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Unsubscribes an address; see [`Store::unsubscribe_by_hash`].
+    pub async fn unsubscribe(
+        &self,
+        email: &str,
+        source: &str,
+    ) -> Result<UnsubscribeOutcome, StoreError> {
+        self.unsubscribe_by_hash(&email_hash_hex(email), source)
+            .await
+    }
+
+    /// Unsubscribes whoever has this address hash (from a signed link).
+    /// Idempotent: a second call changes nothing and records nothing. An
+    /// address not in the store gets a suppression entry (reason
+    /// `unsubscribed`), so importing it later keeps it out.
+    pub async fn unsubscribe_by_hash(
+        &self,
+        hash: &str,
+        source: &str,
+    ) -> Result<UnsubscribeOutcome, StoreError> {
+        let hash = check_hash(hash)?;
+        let now = model::now();
+        let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
+        let row = tx
+            .one(
+                "SELECT id, status FROM subscribers WHERE email_hash = $1",
+                vec![hash.clone().into()],
+            )
+            .await?;
+        let outcome = match row.map(|mut r| (r.int(0), parse_status(&r.text(1)))) {
+            Some((_, Status::Unsubscribed)) => UnsubscribeOutcome::AlreadyUnsubscribed,
+            Some((id, _)) => {
+                // A bounced person who asks to unsubscribe becomes
+                // unsubscribed: consent is the stronger fact.
+                tx.exec(
+                    "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = $1, updated_at = $1 WHERE id = $2",
+                    vec![now.clone().into(), id.into()],
+                )
+                .await?;
+                tx.event(&hash, "unsubscribed", source, &now).await?;
+                UnsubscribeOutcome::Unsubscribed
+            }
+            None => {
+                let n = tx
+                    .exec(
+                        "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) ON CONFLICT (email_hash) DO NOTHING",
+                        vec![hash.clone().into(), SUPPRESSED_UNSUBSCRIBED.into(), now.clone().into()],
+                    )
+                    .await?;
+                if n == 0 {
+                    UnsubscribeOutcome::AlreadySuppressed
+                } else {
+                    tx.event(&hash, "unsubscribed", source, &now).await?;
+                    UnsubscribeOutcome::Suppressed
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Re-activates an unsubscribed person who asked to come back (from a
+    /// signed link). Bounced people are not re-activated this way.
+    pub async fn resubscribe_by_hash(
+        &self,
+        hash: &str,
+        source: &str,
+    ) -> Result<ResubscribeOutcome, StoreError> {
+        let hash = check_hash(hash)?;
+        let now = model::now();
+        let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
+        let row = tx
+            .one(
+                "SELECT id, status FROM subscribers WHERE email_hash = $1",
+                vec![hash.clone().into()],
+            )
+            .await?;
+        let outcome = match row {
+            Some(mut r) => match parse_status(&r.text(1)) {
+                Status::Active => ResubscribeOutcome::AlreadyActive,
+                Status::Bounced => ResubscribeOutcome::Bounced,
+                Status::Unsubscribed => {
+                    tx.exec(
+                        "UPDATE subscribers SET status = 'active', unsubscribed_at = NULL, updated_at = $1 WHERE id = $2",
+                        vec![now.clone().into(), r.int(0).into()],
+                    )
+                    .await?;
+                    tx.event(&hash, "resubscribed", source, &now).await?;
+                    ResubscribeOutcome::Resubscribed
+                }
+            },
+            None => {
+                let n = tx
+                    .exec(
+                        "DELETE FROM suppressions WHERE email_hash = $1 AND reason = $2",
+                        vec![hash.clone().into(), SUPPRESSED_UNSUBSCRIBED.into()],
+                    )
+                    .await?;
+                if n > 0 {
+                    tx.event(&hash, "resubscribed", source, &now).await?;
+                }
+                ResubscribeOutcome::NotFound
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Erases a person's data, keeping only the hash of their address as a
+    /// suppression entry, so a later import or add cannot bring them back.
+    pub async fn remove(&self, email: &str, source: &str) -> Result<RemoveOutcome, StoreError> {
+        let key = normalise_email(email);
+        let hash = email_hash_hex(email);
+        let now = model::now();
+        let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
+        // Lists go with the row (ON DELETE CASCADE).
+        let n = tx
+            .exec(
+                "DELETE FROM subscribers WHERE email_key = $1",
+                vec![key.into()],
+            )
+            .await?;
+        tx.exec(
+            "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (email_hash) DO UPDATE SET reason = excluded.reason",
+            vec![
+                hash.clone().into(),
+                SUPPRESSED_REMOVED.into(),
+                now.clone().into(),
+            ],
+        )
+        .await?;
+        tx.event(&hash, "removed", source, &now).await?;
+        tx.commit().await?;
+        if n > 0 {
+            self.driver.erase_traces().await?;
+        }
+        Ok(if n > 0 {
+            RemoveOutcome::Removed
+        } else {
+            RemoveOutcome::NotFound
+        })
+    }
+
+    /// Marks an address as bounced (a permanent delivery failure). The
+    /// reason is recorded with the address itself blanked out.
+    pub async fn mark_bounced(
+        &self,
+        email: &str,
+        reason: &str,
+    ) -> Result<BounceOutcome, StoreError> {
+        let key = normalise_email(email);
+        let hash = email_hash_hex(email);
+        let now = model::now();
+        let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
+        let row = tx
+            .one(
+                "SELECT id, status FROM subscribers WHERE email_key = $1",
+                vec![key.clone().into()],
+            )
+            .await?;
+        let outcome = match row {
+            None => BounceOutcome::NotFound,
+            Some(mut r) => match parse_status(&r.text(1)) {
+                Status::Bounced => BounceOutcome::AlreadyBounced,
+                Status::Unsubscribed => BounceOutcome::Unsubscribed,
+                Status::Active => {
+                    tx.exec(
+                        "UPDATE subscribers SET status = 'bounced', updated_at = $1 WHERE id = $2",
+                        vec![now.clone().into(), r.int(0).into()],
+                    )
+                    .await?;
+                    let source = format!("bounce: {}", redact_address(reason, &key));
+                    tx.event(&hash, "bounced", &source, &now).await?;
+                    BounceOutcome::Bounced
+                }
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn get(&self, email: &str) -> Result<Option<Subscriber>, StoreError> {
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let found = tx
+            .one(
+                &format!("SELECT {COLUMNS} FROM subscribers s WHERE s.email_key = $1"),
+                vec![normalise_email(email).into()],
+            )
+            .await?;
+        let Some(row) = found else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let mut s = subscriber_from_row(row);
+        s.lists = list_names(&mut tx, s.id).await?;
+        tx.rollback().await?;
+        Ok(Some(s))
+    }
+
+    /// Whether an address hash is suppressed, and why (`removed` or `unsubscribed`).
+    pub async fn suppression(&self, email: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let r = tx
+            .one(
+                "SELECT reason FROM suppressions WHERE email_hash = $1",
+                vec![email_hash_hex(email).into()],
+            )
+            .await?;
+        tx.rollback().await?;
+        Ok(r.map(|mut r| r.text(0)))
+    }
+
+    /// Subscribers matching `filter`, by id, a page at a time (memory stays
+    /// flat however many there are).
+    pub fn list(&self, filter: ListFilter) -> BoxStream<'_, Result<Subscriber, StoreError>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM subscribers s WHERE s.id > $1");
+        let mut args = vec![];
+        if let Some(status) = filter.status {
+            args.push(Val::from(status.as_str()));
+            sql.push_str(&format!(" AND s.status = ${}", args.len() + 1));
+        }
+        if let Some(list) = filter.list {
+            args.push(Val::from(list));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = ${})",
+                args.len() + 1
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY s.id LIMIT {PAGE}"));
+        self.pages(sql, args, i64::MAX)
+    }
+
+    /// Walks pages of `sql` (whose `$1` is the last id seen) up to `max_id`.
+    fn pages(
+        &self,
+        sql: String,
+        args: Vec<Val>,
+        max_id: i64,
+    ) -> BoxStream<'_, Result<Subscriber, StoreError>> {
+        let driver = self.driver.as_ref();
+        stream::try_unfold(Some(0i64), move |last| {
+            let (sql, args) = (sql.clone(), args.clone());
+            async move {
+                let Some(last) = last else {
+                    return Ok::<_, StoreError>(None);
+                };
+                let mut tx = Tx::begin(driver, false).await?;
+                let mut all = vec![Val::Int(last)];
+                all.extend(args);
+                let mut page: Vec<Subscriber> = tx
+                    .fetch(&sql, all)
+                    .await?
+                    .into_iter()
+                    .map(subscriber_from_row)
+                    .filter(|s| s.id <= max_id)
+                    .collect();
+                if let (Some(first), Some(end)) = (page.first(), page.last()) {
+                    let (first, end) = (first.id, end.id);
+                    let rows = tx
+                        .fetch(
+                            "SELECT subscriber_id, list FROM subscriber_lists WHERE subscriber_id BETWEEN $1 AND $2 ORDER BY subscriber_id, list",
+                            vec![first.into(), end.into()],
+                        )
+                        .await?;
+                    let mut by_id: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+                    for mut r in rows {
+                        by_id.entry(r.int(0)).or_default().push(r.text(1));
+                    }
+                    for s in &mut page {
+                        s.lists = by_id.remove(&s.id).unwrap_or_default();
+                    }
+                }
+                tx.rollback().await?;
+                let next = match page.last() {
+                    Some(s) if page.len() as i64 == PAGE && s.id < max_id => Some(s.id),
+                    _ => None,
+                };
+                if page.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some((page, next)))
+            }
+        })
+        .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+    }
+
+    /// Who an issue goes to: active, not suppressed, on `list` if given, by
+    /// id. Only subscribers that existed when the walk started are
+    /// included, so people added during a send are not pulled into it.
+    pub fn recipients(
+        &self,
+        list: Option<&str>,
+    ) -> BoxStream<'_, Result<(i64, Recipient), StoreError>> {
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM subscribers s WHERE s.id > $1 AND s.status = 'active' \
+             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = s.email_hash)"
+        );
+        let mut args = vec![];
+        if let Some(list) = list {
+            args.push(Val::from(list));
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)",
+            );
+        }
+        sql.push_str(&format!(" ORDER BY s.id LIMIT {PAGE}"));
+        let driver = self.driver.as_ref();
+        stream::once(async move {
+            let mut tx = Tx::begin(driver, false).await?;
+            let max = tx
+                .one("SELECT COALESCE(MAX(id), 0) FROM subscribers", vec![])
+                .await?
+                .map_or(0, |r| r.int(0));
+            tx.rollback().await?;
+            Ok::<i64, StoreError>(max)
+        })
+        .map_ok(move |max| {
+            self.pages(sql.clone(), args.clone(), max)
+                .map_ok(|s| (s.id, s.recipient()))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    /// Writes every subscriber matching `filter` as CSV in the import format.
+    pub async fn export<W: std::io::Write>(
+        &self,
+        out: W,
+        filter: ListFilter,
+    ) -> Result<u64, StoreError> {
+        let keys = self.attribute_keys().await?;
+        let write_err =
+            |e: csv::Error| StoreError::Invalid(format!("cannot write the export: {e}"));
+        let mut writer = super::csv::CsvWriter::new(out, &keys).map_err(write_err)?;
+        let mut rows = self.list(filter);
+        let mut n = 0;
+        while let Some(s) = rows.try_next().await? {
+            writer.write(&s).map_err(write_err)?;
+            n += 1;
+        }
+        writer.finish().map_err(write_err)?;
+        Ok(n)
+    }
+
+    /// Counts by status, suppressions, and counts by list and status.
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let mut stats = Stats::default();
+        for mut r in tx
+            .fetch(
+                "SELECT status, COUNT(*) FROM subscribers GROUP BY status",
+                vec![],
+            )
+            .await?
+        {
+            let n = r.int(1) as u64;
+            match parse_status(&r.text(0)) {
+                Status::Active => stats.active += n,
+                Status::Unsubscribed => stats.unsubscribed += n,
+                Status::Bounced => stats.bounced += n,
+            }
+        }
+        stats.suppressed = tx
+            .count("SELECT COUNT(*) FROM suppressions", vec![])
+            .await?;
+        for mut r in tx
+            .fetch(
+                "SELECT l.list, s.status, COUNT(*) FROM subscriber_lists l JOIN subscribers s ON s.id = l.subscriber_id \
+                 GROUP BY l.list, s.status ORDER BY l.list",
+                vec![],
+            )
+            .await?
+        {
+            let list = r.text(0);
+            let n = r.int(2) as u64;
+            if stats.lists.last().is_none_or(|l| l.list != list) {
+                stats.lists.push(ListStats {
+                    list,
+                    ..ListStats::default()
+                });
+            }
+            let entry = stats.lists.last_mut().expect("pushed above");
+            match parse_status(&r.text(1)) {
+                Status::Active => entry.active += n,
+                Status::Unsubscribed => entry.unsubscribed += n,
+                Status::Bounced => entry.bounced += n,
+            }
+        }
+        tx.rollback().await?;
+        Ok(stats)
+    }
+
+    /// Distinct attribute names over all subscribers, sorted (the fields
+    /// templates may use).
+    pub async fn attribute_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let keys = tx
+            .fetch(self.driver.attribute_keys_sql(), vec![])
+            .await?
+            .into_iter()
+            .map(|mut r| r.text(0))
+            .collect();
+        tx.rollback().await?;
+        Ok(keys)
+    }
+
+    /// Status-change events of one address, oldest first: (event, source, at).
+    pub async fn events(&self, email: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let rows = tx
+            .fetch(
+                "SELECT event, source, at FROM subscriber_events WHERE email_hash = $1 ORDER BY id",
+                vec![email_hash_hex(email).into()],
+            )
+            .await?;
+        tx.rollback().await?;
+        Ok(rows
+            .into_iter()
+            .map(|mut r| (r.text(0), r.text(1), r.text(2)))
+            .collect())
+    }
+}
+
+/// Suppression reasons.
+pub const SUPPRESSED_REMOVED: &str = "removed";
+pub const SUPPRESSED_UNSUBSCRIBED: &str = "unsubscribed";
+
+async fn list_names(tx: &mut Tx<'_>, id: i64) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .fetch(
+            "SELECT list FROM subscriber_lists WHERE subscriber_id = $1 ORDER BY list",
+            vec![id.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|mut r| r.text(0))
+        .collect())
+}
+
+async fn add_lists(tx: &mut Tx<'_>, id: i64, lists: &[String]) -> Result<(), StoreError> {
+    for l in lists {
+        tx.exec(
+            "INSERT INTO subscriber_lists (subscriber_id, list) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            vec![id.into(), l.as_str().into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn check_hash(hash: &str) -> Result<String, StoreError> {
+    let hash = hash.trim().to_ascii_lowercase();
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hash)
+    } else {
+        Err(StoreError::Invalid(format!(
+            "`{hash}` is not an address hash (64 hexadecimal digits)"
+        )))
+    }
+}
+
+/// A bounce message with the address itself blanked out: the event trail
+/// keeps no personal data but the hash.
+fn redact_address(text: &str, key: &str) -> String {
+    let lower = text.to_lowercase();
+    if key.is_empty() || lower.len() != text.len() {
+        // Case folding changed byte lengths: blank conservatively.
+        return if lower.contains(key) {
+            "<address>".into()
+        } else {
+            text.to_string()
+        };
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (i, _) in lower.match_indices(key) {
+        out.push_str(&text[rest..i]);
+        out.push_str("<address>");
+        rest = i + key.len();
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
+/// A database URL fit to print: the password replaced by `***`, in the
+/// user-info part and in a `password=` query parameter.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://tidings:s3cret@localhost/tidings"),
+            "postgres://tidings:***@localhost/tidings"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss:w@db:5432/x?sslmode=require&password=zz"),
+            "postgres://u:***@db:5432/x?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/postgres"),
+            "postgres://postgres@127.0.0.1/postgres"
+        );
+    }
+
+    #[test]
+    fn bounce_reason_loses_the_address() {
+        assert_eq!(
+            redact_address(
+                "550 5.1.1 <Ana@Example.org>: user unknown",
+                "ana@example.org"
+            ),
+            "550 5.1.1 <<address>>: user unknown"
+        );
+    }
+
+    #[test]
+    fn hashes_are_checked() {
+        assert!(check_hash(&"A".repeat(64)).is_ok());
+        assert!(check_hash("abc").is_err());
+    }
+}

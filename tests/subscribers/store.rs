@@ -1,0 +1,975 @@
+//! The store suite: every case runs against SQLite and PostgreSQL.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use tidings::subscribers::model::{
+    AddOutcome, BounceOutcome, ImportOptions, ImportReport, ListFilter, ListStats, NewSubscriber,
+    RemoveOutcome, ResubscribeOutcome, Stats, Status, Subscriber, UnsubscribeOutcome,
+};
+use tidings::subscribers::{Store, StoreError, email_hash_hex};
+
+use crate::common::Ctx;
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let ctx = crate::common::Ctx::new(crate::common::Kind::Sqlite).await;
+                    super::$case(&ctx).await;
+                    ctx.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: run scripts/test.sh"]
+                async fn $case() {
+                    let ctx = crate::common::Ctx::new(crate::common::Kind::Postgres).await;
+                    super::$case(&ctx).await;
+                    ctx.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    row_level_reasons,
+    duplicates_across_batches,
+    strict_leaves_the_store_untouched,
+    dry_run_writes_nothing,
+    unsubscribed_and_bounced_stay_so,
+    remove_then_import,
+    unsubscribe_by_hash_and_resubscribe,
+    export_import_round_trip,
+    non_ascii_names_and_addresses,
+    second_import_is_idempotent,
+    updates_are_counted_and_merged,
+    recipients_stats_and_attribute_keys,
+    add_updates_and_refuses,
+    failed_read_writes_nothing,
+    bulk_import_into_a_non_empty_store,
+);
+
+fn options() -> ImportOptions {
+    ImportOptions {
+        source: "import:t.csv".into(),
+        ..ImportOptions::default()
+    }
+}
+
+fn with_lists(lists: &[&str]) -> ImportOptions {
+    ImportOptions {
+        lists: lists.iter().map(|l| l.to_string()).collect(),
+        ..options()
+    }
+}
+
+async fn import_bytes(
+    store: &Store,
+    bytes: Vec<u8>,
+    options: ImportOptions,
+) -> (ImportReport, Vec<String>) {
+    let mut skipped = Vec::new();
+    let report = store
+        .import(
+            Box::new(Cursor::new(bytes)),
+            Path::new("t.csv"),
+            options,
+            &mut |s| skipped.push(s.to_string()),
+        )
+        .await
+        .expect("import");
+    (report, skipped)
+}
+
+async fn import(store: &Store, text: &str, options: ImportOptions) -> (ImportReport, Vec<String>) {
+    import_bytes(store, text.as_bytes().to_vec(), options).await
+}
+
+async fn all(store: &Store) -> Vec<Subscriber> {
+    store
+        .list(ListFilter::default())
+        .try_collect()
+        .await
+        .expect("list")
+}
+
+async fn export(store: &Store) -> String {
+    let mut out = Vec::new();
+    store
+        .export(&mut out, ListFilter::default())
+        .await
+        .expect("export");
+    String::from_utf8(out).unwrap()
+}
+
+fn report(
+    rows: u64,
+    [
+        new,
+        updated,
+        unchanged,
+        kept_unsubscribed,
+        kept_bounced,
+        suppressed,
+        skipped,
+    ]: [u64; 7],
+    written: bool,
+) -> ImportReport {
+    ImportReport {
+        rows,
+        new,
+        updated,
+        unchanged,
+        kept_unsubscribed,
+        kept_bounced,
+        suppressed,
+        skipped,
+        written,
+    }
+}
+
+const BASE: &str = "email,first_name,last_name,city\n\
+                    ana@example.org,Ana,Lima,Portland\n\
+                    bob@example.org,Bob,Stone,Bangor\n\
+                    cy@example.org,Cy,Young,Saco\n";
+
+async fn row_level_reasons(ctx: &Ctx) {
+    let mut bytes = format!(
+        "email,first_name,last_name,city,lists,status\n\
+         ana@example.org,Ana,Lima,Portland,monthly,\n\
+         bad@,B,B,x,,\n\
+         ,Empty,Row,x,,\n\
+         ANA@Example.org,Ana,Again,x,,\n\
+         carla@example.org,Carla,Short\n\
+         \"dan@example.org\",\"Da\nn\",Smith,x,,\n\
+         erin@example.org,Erin,Long,{},,\n\
+         fay@example.org,Fay,Status,x,,gone\n\
+         gus@example.org,Gus,Lists,x,\"a;b,c\",\n\
+         hal@example.org,Hal,Ok,\"Bangor\nMaine\",,\n",
+        "x".repeat(1001)
+    )
+    .into_bytes();
+    bytes.extend(b"jo\xffe@example.org,Jo,Latin1,x,,\n");
+    bytes.extend(b"ivy@example.org,Ivy,Ok,,,unsubscribed\n");
+    let (r, skipped) = import_bytes(&ctx.store, bytes, options()).await;
+    assert_eq!(
+        skipped,
+        [
+            "line 3: invalid email address \"bad@\": nothing after the @",
+            "line 4: empty email address",
+            "line 5: duplicate of line 2 (ana@example.org)",
+            "line 6: 3 fields, the header has 6",
+            "line 7: first_name contains a line break",
+            "line 9: city is longer than 1000 characters",
+            "line 10: status \"gone\" is not one of active, unsubscribed, bounced",
+            "line 11: list name \"b,c\" contains ';', ',' or a control character",
+            "line 14: not valid UTF-8: save the file as UTF-8",
+        ]
+    );
+    assert_eq!(r, report(12, [3, 0, 0, 0, 0, 0, 9], true));
+    let people = all(&ctx.store).await;
+    let emails: Vec<_> = people.iter().map(|s| s.email.as_str()).collect();
+    assert_eq!(
+        emails,
+        ["ana@example.org", "hal@example.org", "ivy@example.org"]
+    );
+    assert_eq!(people[0].lists, ["monthly"]);
+    assert_eq!(people[1].attributes["city"], "Bangor\nMaine");
+    assert_eq!(people[2].status, Status::Unsubscribed);
+    assert!(people[2].unsubscribed_at.is_some());
+}
+
+async fn duplicates_across_batches(ctx: &Ctx) {
+    // More rows than one batch, so the duplicate is found through the
+    // database, not the batch in memory.
+    let mut text = String::from("email,n\n");
+    for i in 0..4500 {
+        if i == 4098 {
+            text.push_str("User1@Example.org,dup\n");
+        } else {
+            text.push_str(&format!("user{i}@example.org,{i}\n"));
+        }
+    }
+    let (r, skipped) = import(&ctx.store, &text, options()).await;
+    // user1 is on line 3 (header, user0, user1); the duplicate on line 4100.
+    assert_eq!(
+        skipped,
+        ["line 4100: duplicate of line 3 (user1@example.org)"]
+    );
+    assert_eq!(r, report(4500, [4499, 0, 0, 0, 0, 0, 1], true));
+    let (r, skipped) = import(&ctx.store, &text, options()).await;
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(r, report(4500, [0, 0, 4499, 0, 0, 0, 1], true));
+}
+
+async fn strict_leaves_the_store_untouched(ctx: &Ctx) {
+    import(&ctx.store, BASE, with_lists(&["monthly"])).await;
+    let before = all(&ctx.store).await;
+    let stats = ctx.store.stats().await.unwrap();
+    let events = ctx.store.events("ana@example.org").await.unwrap();
+    let changed = "email,first_name,last_name,city\n\
+                   ana@example.org,Anna,Lima,Portland\n\
+                   new@example.org,New,One,Saco\n\
+                   broken@,X,Y,Z\n";
+    let strict = ImportOptions {
+        strict: true,
+        ..with_lists(&["events"])
+    };
+    let (r, skipped) = import(&ctx.store, changed, strict).await;
+    assert_eq!(
+        skipped,
+        ["line 4: invalid email address \"broken@\": nothing after the @"]
+    );
+    assert_eq!(r, report(3, [1, 1, 0, 0, 0, 0, 1], false));
+    assert_eq!(all(&ctx.store).await, before);
+    assert_eq!(ctx.store.stats().await.unwrap(), stats);
+    assert_eq!(ctx.store.events("ana@example.org").await.unwrap(), events);
+    assert!(ctx.store.get("new@example.org").await.unwrap().is_none());
+    // The rolled-back import left nothing behind on its connection.
+    let (r, _) = import(
+        &ctx.store,
+        &changed.replace("broken@", "ok@example.org"),
+        options(),
+    )
+    .await;
+    assert_eq!(r, report(3, [2, 1, 0, 0, 0, 0, 0], true));
+}
+
+async fn dry_run_writes_nothing(ctx: &Ctx) {
+    let dry = ImportOptions {
+        dry_run: true,
+        ..with_lists(&["monthly"])
+    };
+    let (r, _) = import(&ctx.store, BASE, dry.clone()).await;
+    assert_eq!(r, report(3, [3, 0, 0, 0, 0, 0, 0], false));
+    assert!(all(&ctx.store).await.is_empty());
+    assert_eq!(ctx.store.stats().await.unwrap(), Stats::default());
+    import(&ctx.store, BASE, options()).await;
+    let before = all(&ctx.store).await;
+    let (r, _) = import(&ctx.store, BASE, dry).await;
+    // Adding a list is a change, but not made.
+    assert_eq!(r, report(3, [0, 3, 0, 0, 0, 0, 0], false));
+    assert_eq!(all(&ctx.store).await, before);
+}
+
+async fn unsubscribed_and_bounced_stay_so(ctx: &Ctx) {
+    import(&ctx.store, BASE, with_lists(&["monthly"])).await;
+    let s = &ctx.store;
+    assert_eq!(
+        s.unsubscribe(" ANA@example.org ", "link").await.unwrap(),
+        UnsubscribeOutcome::Unsubscribed
+    );
+    assert_eq!(
+        s.unsubscribe("ana@example.org", "link").await.unwrap(),
+        UnsubscribeOutcome::AlreadyUnsubscribed
+    );
+    assert_eq!(
+        s.mark_bounced(
+            "bob@example.org",
+            "550 5.1.1 <Bob@Example.org>: no such user"
+        )
+        .await
+        .unwrap(),
+        BounceOutcome::Bounced
+    );
+    let ana_before = s.get("ana@example.org").await.unwrap().unwrap();
+    // Even a file that says `active`, with new names, changes nothing for them.
+    let again = "email,first_name,last_name,city,status\n\
+                 ana@example.org,Ana,Changed,Portland,active\n\
+                 bob@example.org,Bob,Changed,Bangor,active\n\
+                 cy@example.org,Cy,Young,Saco,\n";
+    let (r, _) = import(s, again, with_lists(&["monthly", "events"])).await;
+    assert_eq!(r, report(3, [0, 1, 0, 1, 1, 0, 0], true));
+    assert_eq!(s.get("ana@example.org").await.unwrap().unwrap(), ana_before);
+    let bob = s.get("bob@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (bob.status, bob.last_name.as_str()),
+        (Status::Bounced, "Stone")
+    );
+
+    let add = |email: &str| NewSubscriber {
+        email: email.into(),
+        ..NewSubscriber::default()
+    };
+    assert_eq!(
+        s.add(&add("ana@example.org"), "add", false).await.unwrap(),
+        AddOutcome::Unsubscribed {
+            since: ana_before.unsubscribed_at.clone()
+        }
+    );
+    assert_eq!(
+        s.add(&add("bob@example.org"), "add", false).await.unwrap(),
+        AddOutcome::Bounced
+    );
+    let recipients: Vec<String> = s
+        .recipients(None)
+        .map_ok(|(_, r)| r.email)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(recipients, ["cy@example.org"]);
+
+    // A deliberate re-subscription works, and is on record.
+    let id = ana_before.id;
+    assert_eq!(
+        s.add(&add("ana@example.org"), "add", true).await.unwrap(),
+        AddOutcome::Resubscribed { id }
+    );
+    let ana = s.get("ana@example.org").await.unwrap().unwrap();
+    assert_eq!((ana.status, ana.unsubscribed_at), (Status::Active, None));
+    let events: Vec<(String, String)> = s
+        .events("ana@example.org")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(e, src, _)| (e, src))
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        events,
+        pairs(&[
+            ("imported", "import:t.csv"),
+            ("unsubscribed", "link"),
+            ("resubscribed", "add"),
+        ])
+    );
+    let bob_events = s.events("bob@example.org").await.unwrap();
+    assert_eq!(bob_events[1].0, "bounced");
+    assert_eq!(
+        bob_events[1].1,
+        "bounce: 550 5.1.1 <<address>>: no such user"
+    );
+    assert_eq!(
+        s.mark_bounced("ana@example.org", "x").await.unwrap(),
+        BounceOutcome::Bounced
+    );
+    assert_eq!(
+        s.mark_bounced("nobody@example.org", "x").await.unwrap(),
+        BounceOutcome::NotFound
+    );
+}
+
+async fn remove_then_import(ctx: &Ctx) {
+    let s = &ctx.store;
+    import(s, BASE, with_lists(&["monthly"])).await;
+    assert_eq!(
+        s.remove("Ana@Example.org", "remove").await.unwrap(),
+        RemoveOutcome::Removed
+    );
+    assert!(s.get("ana@example.org").await.unwrap().is_none());
+    assert_eq!(
+        s.suppression("ana@example.org").await.unwrap().as_deref(),
+        Some("removed")
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.active, stats.suppressed), (2, 1));
+    assert_eq!(
+        stats.lists[0].active, 2,
+        "the list membership went with the row"
+    );
+
+    let (r, _) = import(s, BASE, with_lists(&["monthly"])).await;
+    assert_eq!(r, report(3, [0, 0, 2, 0, 0, 1, 0], true));
+    assert!(s.get("ana@example.org").await.unwrap().is_none());
+    let new = NewSubscriber {
+        email: "ana@example.org".into(),
+        ..NewSubscriber::default()
+    };
+    for resubscribe in [false, true] {
+        match s.add(&new, "add", resubscribe).await.unwrap() {
+            AddOutcome::Suppressed { reason, .. } => assert_eq!(reason, "removed"),
+            other => panic!("a removed person was added back: {other:?}"),
+        }
+    }
+    // Only the hash is left, in the events too.
+    let events: Vec<String> = s
+        .events("ana@example.org")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(e, _, _)| e)
+        .collect();
+    assert_eq!(events, ["imported", "removed"]);
+    assert_eq!(
+        s.remove("nobody@example.org", "remove").await.unwrap(),
+        RemoveOutcome::NotFound
+    );
+    assert_eq!(
+        s.suppression("nobody@example.org")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("removed")
+    );
+}
+
+async fn unsubscribe_by_hash_and_resubscribe(ctx: &Ctx) {
+    let s = &ctx.store;
+    import(s, BASE, options()).await;
+    let ana = email_hash_hex("ana@example.org");
+    assert_eq!(
+        s.unsubscribe_by_hash(&ana, "one-click").await.unwrap(),
+        UnsubscribeOutcome::Unsubscribed
+    );
+    assert_eq!(
+        s.unsubscribe_by_hash(&ana.to_uppercase(), "one-click")
+            .await
+            .unwrap(),
+        UnsubscribeOutcome::AlreadyUnsubscribed
+    );
+    assert_eq!(
+        s.resubscribe_by_hash(&ana, "link").await.unwrap(),
+        ResubscribeOutcome::Resubscribed
+    );
+    assert_eq!(
+        s.resubscribe_by_hash(&ana, "link").await.unwrap(),
+        ResubscribeOutcome::AlreadyActive
+    );
+    // Someone not in the store stays out once they unsubscribed.
+    let zed = email_hash_hex("zed@example.org");
+    assert_eq!(
+        s.unsubscribe_by_hash(&zed, "one-click").await.unwrap(),
+        UnsubscribeOutcome::Suppressed
+    );
+    assert_eq!(
+        s.unsubscribe_by_hash(&zed, "one-click").await.unwrap(),
+        UnsubscribeOutcome::AlreadySuppressed
+    );
+    let with_zed = format!("{BASE}zed@example.org,Zed,Z,Nowhere\n");
+    let (r, _) = import(s, &with_zed, options()).await;
+    assert_eq!(r, report(4, [0, 0, 3, 0, 0, 1, 0], true));
+    let zed_new = NewSubscriber {
+        email: "zed@example.org".into(),
+        ..NewSubscriber::default()
+    };
+    assert!(matches!(
+        s.add(&zed_new, "add", false).await.unwrap(),
+        AddOutcome::Suppressed { reason, .. } if reason == "unsubscribed"
+    ));
+    // Asking to come back lifts an unsubscribe-only suppression.
+    assert_eq!(
+        s.resubscribe_by_hash(&zed, "link").await.unwrap(),
+        ResubscribeOutcome::NotFound
+    );
+    let (r, _) = import(s, &with_zed, options()).await;
+    assert_eq!(r, report(4, [1, 0, 3, 0, 0, 0, 0], true));
+    s.mark_bounced("bob@example.org", "550").await.unwrap();
+    assert_eq!(
+        s.resubscribe_by_hash(&email_hash_hex("bob@example.org"), "link")
+            .await
+            .unwrap(),
+        ResubscribeOutcome::Bounced
+    );
+    let err = s.unsubscribe_by_hash("abc", "x").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`abc` is not an address hash (64 hexadecimal digits)"
+    );
+}
+
+async fn export_import_round_trip(ctx: &Ctx) {
+    let text = "Email,First_Name,Last_Name,City,Note,Lists,Status\n\
+                ana@example.org,Ana,Lima,Portland,\"says \"\"hi\"\", twice\",monthly;events,active\n\
+                Bjorn@Example.org,Björn,Åkesson,Bangor,\"two\nlines\",monthly,unsubscribed\n\
+                dmitri@example.org,Дмитрий,Соколов,,,events,bounced\n\
+                hiro@example.org,宏,佐藤,Biddeford,,,\n";
+    let (r, skipped) = import(&ctx.store, text, options()).await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(r.new, 4);
+    let exported = export(&ctx.store).await;
+    assert_eq!(
+        exported,
+        "email,first_name,last_name,city,note,lists,status\n\
+         ana@example.org,Ana,Lima,Portland,\"says \"\"hi\"\", twice\",events;monthly,active\n\
+         Bjorn@Example.org,Björn,Åkesson,Bangor,\"two\nlines\",monthly,unsubscribed\n\
+         dmitri@example.org,Дмитрий,Соколов,,,events,bounced\n\
+         hiro@example.org,宏,佐藤,Biddeford,,,active\n"
+    );
+    let fresh = ctx.fresh().await;
+    let (r, skipped) = import(&fresh, &exported, options()).await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(r, report(4, [4, 0, 0, 0, 0, 0, 0], true));
+    assert_eq!(export(&fresh).await, exported);
+    let strip = |v: Vec<Subscriber>| -> Vec<Subscriber> {
+        v.into_iter()
+            .map(|s| Subscriber {
+                id: 0,
+                created_at: String::new(),
+                updated_at: String::new(),
+                unsubscribed_at: s.unsubscribed_at.map(|_| "set".into()),
+                ..s
+            })
+            .collect()
+    };
+    assert_eq!(strip(all(&fresh).await), strip(all(&ctx.store).await));
+    // And back into the original: nothing to do.
+    let (r, _) = import(&ctx.store, &exported, options()).await;
+    assert_eq!(r, report(4, [0, 0, 2, 1, 1, 0, 0], true));
+}
+
+async fn non_ascii_names_and_addresses(ctx: &Ctx) {
+    let s = &ctx.store;
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("subscribers/sample.csv"),
+    )
+    .unwrap();
+    let (r, _) = import(s, &sample, options()).await;
+    assert_eq!(r, report(10, [10, 0, 0, 0, 0, 0, 0], true));
+    let d = s.get("DMITRI@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (d.first_name.as_str(), d.last_name.as_str()),
+        ("Дмитрий", "Соколов")
+    );
+    let h = s.get("hiro@example.org").await.unwrap().unwrap();
+    assert_eq!(h.recipient().full_name(), "宏 佐藤");
+    let new = NewSubscriber {
+        email: " ÅSA@Bücher.Example ".into(),
+        first_name: Some("Åsa".into()),
+        ..NewSubscriber::default()
+    };
+    assert!(matches!(
+        s.add(&new, "add", false).await.unwrap(),
+        AddOutcome::Added { .. }
+    ));
+    let asa = s.get("åsa@bücher.example").await.unwrap().unwrap();
+    assert_eq!(asa.email, "ÅSA@Bücher.Example");
+    assert_eq!(asa.email_key, "åsa@bücher.example");
+    assert_eq!(asa.email_hash, email_hash_hex("åsa@bücher.example"));
+    let (r, _) = import(s, &sample, options()).await;
+    assert_eq!(r.unchanged, 10);
+}
+
+async fn second_import_is_idempotent(ctx: &Ctx) {
+    let s = &ctx.store;
+    let text = "email,name,city,lists\n\
+                ana@example.org,Ana Lima,Portland,monthly\n\
+                bob@example.org,Bob,,events;monthly\n";
+    let (r, _) = import(s, text, with_lists(&["all"])).await;
+    assert_eq!(r, report(2, [2, 0, 0, 0, 0, 0, 0], true));
+    let first = all(s).await;
+    let events = s.events("bob@example.org").await.unwrap();
+    let (r, _) = import(s, text, with_lists(&["all"])).await;
+    assert_eq!(r, report(2, [0, 0, 2, 0, 0, 0, 0], true));
+    assert_eq!(all(s).await, first);
+    assert_eq!(s.events("bob@example.org").await.unwrap(), events);
+    assert_eq!(first[1].lists, ["all", "events", "monthly"]);
+    assert_eq!(
+        (first[1].first_name.as_str(), first[1].last_name.as_str()),
+        ("Bob", "")
+    );
+}
+
+async fn updates_are_counted_and_merged(ctx: &Ctx) {
+    let s = &ctx.store;
+    import(
+        s,
+        "email,first_name,city,plan\n\
+         ana@example.org,Ana,Portland,gold\n\
+         bob@example.org,Bob,Bangor,\n\
+         cy@example.org,Cy,Saco,\n",
+        options(),
+    )
+    .await;
+    // No name columns: names are kept. An empty cell removes that attribute.
+    let (r, _) = import(
+        s,
+        "email,city,plan,lists,status\n\
+         Ana@Example.org,Portland,,monthly,\n\
+         bob@example.org,Bangor,,,\n\
+         cy@example.org,Saco,,,unsubscribed\n\
+         dee@example.org,Biddeford,,,\n",
+        options(),
+    )
+    .await;
+    assert_eq!(r, report(4, [1, 2, 1, 0, 0, 0, 0], true));
+    let ana = s.get("ana@example.org").await.unwrap().unwrap();
+    assert_eq!(ana.email, "Ana@Example.org");
+    assert_eq!(ana.first_name, "Ana");
+    assert_eq!(
+        ana.attributes.into_iter().collect::<Vec<_>>(),
+        [("city".to_string(), "Portland".to_string())]
+    );
+    assert_eq!(ana.lists, ["monthly"]);
+    let cy = s.get("cy@example.org").await.unwrap().unwrap();
+    assert_eq!(cy.status, Status::Unsubscribed);
+    assert!(cy.unsubscribed_at.is_some());
+    let events: Vec<String> = s
+        .events("cy@example.org")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(events, ["imported", "unsubscribed"]);
+    let events: Vec<String> = s
+        .events("ana@example.org")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(events, ["imported", "updated"]);
+}
+
+async fn recipients_stats_and_attribute_keys(ctx: &Ctx) {
+    let s = &ctx.store;
+    let mut text = String::from("email,first_name,city,zip,lists\n");
+    for i in 0..1203 {
+        let lists = if i % 3 == 0 {
+            "monthly;events"
+        } else {
+            "monthly"
+        };
+        let zip = if i == 7 { "04101" } else { "" };
+        text.push_str(&format!("p{i:04}@example.org,P{i},Town{i},{zip},{lists}\n"));
+    }
+    import(s, &text, options()).await;
+    s.unsubscribe("p0000@example.org", "link").await.unwrap();
+    s.mark_bounced("p0001@example.org", "550").await.unwrap();
+    s.remove("p0002@example.org", "remove").await.unwrap();
+    let ids: Vec<(i64, String)> = s
+        .recipients(None)
+        .map_ok(|(id, r)| (id, r.email))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1200, "walks every page");
+    assert!(ids.windows(2).all(|w| w[0].0 < w[1].0), "ordered by id");
+    assert_eq!(ids[0].1, "p0003@example.org");
+    let events: Vec<(i64, tidings::subscribers::Recipient)> =
+        s.recipients(Some("events")).try_collect().await.unwrap();
+    assert_eq!(events.len(), 400);
+    assert_eq!(events[0].1.email, "p0003@example.org");
+    assert_eq!(events[0].1.first_name, "P3");
+    assert_eq!(events[0].1.attributes["city"], "Town3");
+    assert_eq!(
+        s.stats().await.unwrap(),
+        Stats {
+            active: 1200,
+            unsubscribed: 1,
+            bounced: 1,
+            suppressed: 1,
+            lists: vec![
+                ListStats {
+                    list: "events".into(),
+                    active: 400,
+                    unsubscribed: 1,
+                    bounced: 0,
+                },
+                ListStats {
+                    list: "monthly".into(),
+                    active: 1200,
+                    unsubscribed: 1,
+                    bounced: 1,
+                },
+            ],
+        }
+    );
+    assert_eq!(s.attribute_keys().await.unwrap(), ["city", "zip"]);
+    let unsubscribed: Vec<Subscriber> = s
+        .list(ListFilter {
+            status: Some(Status::Unsubscribed),
+            list: Some("events".into()),
+        })
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(unsubscribed.len(), 1);
+    assert_eq!(unsubscribed[0].email, "p0000@example.org");
+}
+
+async fn add_updates_and_refuses(ctx: &Ctx) {
+    let s = &ctx.store;
+    let mut new = NewSubscriber {
+        email: "ana@example.org".into(),
+        first_name: Some("Ana".into()),
+        attributes: [("city".to_string(), "Portland".to_string())].into(),
+        lists: vec!["monthly".into()],
+        ..NewSubscriber::default()
+    };
+    let AddOutcome::Added { id } = s.add(&new, "add", false).await.unwrap() else {
+        panic!("not added")
+    };
+    assert_eq!(
+        s.add(&new, "add", false).await.unwrap(),
+        AddOutcome::Unchanged { id }
+    );
+    new.attributes.insert("city".into(), "Bangor".into());
+    new.first_name = None;
+    assert_eq!(
+        s.add(&new, "add", false).await.unwrap(),
+        AddOutcome::Updated { id }
+    );
+    let ana = s.get("ana@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            ana.first_name.as_str(),
+            ana.attributes["city"].as_str(),
+            ana.source.as_str()
+        ),
+        ("Ana", "Bangor", "add")
+    );
+    let invalid = |email: &str, first: &str| NewSubscriber {
+        email: email.into(),
+        first_name: Some(first.into()),
+        ..NewSubscriber::default()
+    };
+    let err = s
+        .add(&invalid("nope", "N"), "add", false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)));
+    assert_eq!(err.to_string(), "invalid email address \"nope\": no @");
+    let err = s
+        .add(
+            &invalid("n@example.org", "N\r\nBcc: x@evil.example"),
+            "add",
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "first_name contains a line break");
+}
+
+/// Big enough for the bulk path (on SQLite: ids up front, address indexes
+/// dropped and rebuilt), into a store that already has people in it.
+async fn bulk_import_into_a_non_empty_store(ctx: &Ctx) {
+    let s = &ctx.store;
+    let file = |from: usize, to: usize| {
+        let mut text = String::from("email,first_name,lists\n");
+        for i in from..to {
+            text.push_str(&format!(
+                "u{i}@example.org,U{i},{}\n",
+                if i % 2 == 0 { "a;b" } else { "a" }
+            ));
+        }
+        text
+    };
+    let (r, _) = import(s, &file(0, 21_000), options()).await;
+    assert_eq!(r, report(21_000, [21_000, 0, 0, 0, 0, 0, 0], true));
+    s.unsubscribe("u5@example.org", "link").await.unwrap();
+    s.remove("u6@example.org", "remove").await.unwrap();
+    // Overlaps the first file by 1,000 rows, adds 41,000.
+    let (r, _) = import(s, &file(20_000, 62_000), options()).await;
+    assert_eq!(r, report(42_000, [41_000, 0, 1_000, 0, 0, 0, 0], true));
+    let (r, _) = import(s, &file(0, 10), options()).await;
+    assert_eq!(r, report(10, [0, 0, 8, 1, 0, 1, 0], true));
+    // The rebuilt indexes are there and unique: the same person, not a new row.
+    let before = s.get("u61999@example.org").await.unwrap().unwrap();
+    let new = NewSubscriber {
+        email: "U61999@Example.org".into(),
+        ..NewSubscriber::default()
+    };
+    assert_eq!(
+        s.add(&new, "add", false).await.unwrap(),
+        AddOutcome::Updated { id: before.id }
+    );
+    assert_eq!(
+        s.unsubscribe_by_hash(&email_hash_hex("u40000@example.org"), "one-click")
+            .await
+            .unwrap(),
+        UnsubscribeOutcome::Unsubscribed
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!(
+        (stats.active, stats.unsubscribed, stats.suppressed),
+        (61_997, 2, 1)
+    );
+    assert_eq!(stats.lists[0].list, "a");
+    assert_eq!(stats.lists[0].active + stats.lists[0].unsubscribed, 61_999);
+    assert_eq!(stats.lists[1].active + stats.lists[1].unsubscribed, 30_999);
+    let ids: Vec<i64> = s
+        .recipients(None)
+        .map_ok(|(id, _)| id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 61_997);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let u20000 = s.get("u20000@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (u20000.first_name.as_str(), u20000.lists.len()),
+        ("U20000", 2)
+    );
+    assert_eq!(s.events("u40000@example.org").await.unwrap().len(), 2);
+}
+
+/// A reader that fails part-way, like a file on a disk that goes away.
+struct FailingReader {
+    data: Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.data.read(buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("device went away"));
+        }
+        Ok(n)
+    }
+}
+
+async fn failed_read_writes_nothing(ctx: &Ctx) {
+    let mut text = String::from("email\n");
+    for i in 0..5000 {
+        text.push_str(&format!("user{i}@example.org\n"));
+    }
+    let reader = FailingReader {
+        data: Cursor::new(text.into_bytes()),
+    };
+    let err = ctx
+        .store
+        .import(
+            Box::new(reader),
+            Path::new("big.csv"),
+            options(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "cannot read big.csv: device went away");
+    assert!(all(&ctx.store).await.is_empty(), "nothing half-written");
+}
+
+// Database-specific behaviour.
+
+#[tokio::test]
+async fn sqlite_locked_database_is_reported_and_nothing_written() {
+    use sqlx::Connection;
+    let ctx = Ctx::new(crate::common::Kind::Sqlite).await;
+    import(&ctx.store, BASE, options()).await;
+    let path = ctx.sqlite_path();
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let driver = tidings::subscribers::store::sqlite::SqliteDriver::open_with(
+        &path,
+        std::time::Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    let other = Store::from_driver(Box::new(driver));
+    let err = other
+        .import(
+            Box::new(Cursor::new(b"email\nnew@example.org\n".to_vec())),
+            Path::new("t.csv"),
+            options(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "database {} is locked by another process: wait for it to finish or stop it",
+            path.display()
+        )
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert!(other.get("new@example.org").await.unwrap().is_none());
+    assert_eq!(all(&other).await.len(), 3);
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_cannot_open_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "not a folder").unwrap();
+    let err = Store::open("sqlite:file/sub.db", dir.path())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    let db = dir.path().join("file/sub.db");
+    assert!(
+        text.starts_with(&format!(
+            "cannot open SQLite database {}: cannot create folder",
+            db.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("(check the folder exists and is writable)"),
+        "{text}"
+    );
+
+    std::fs::write(dir.path().join("junk.db"), vec![b'x'; 4096]).unwrap();
+    let err = Store::open("sqlite:junk.db", dir.path()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot open SQLite database {}: file is not a database (check the folder exists and is writable)",
+            dir.path().join("junk.db").display()
+        )
+    );
+    let err = Store::open("mysql://db/x", dir.path()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "database `mysql://db/x` is not understood: unknown kind of database (use sqlite:PATH or postgres://user@host/db)"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_file_and_folder_are_created_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open("sqlite:subscribers/new.db", dir.path())
+        .await
+        .unwrap();
+    assert!(dir.path().join("subscribers/new.db").is_file());
+    let tidings::subscribers::Backend::Sqlite(pool) = store.backend() else {
+        panic!("not SQLite")
+    };
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn postgres_down_is_reported_without_the_password() {
+    // Port 1 on loopback: nothing listens there, the connection is refused.
+    let err = Store::open(
+        "postgres://tidings:s3cret@127.0.0.1:1/tidings",
+        Path::new("."),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot connect to PostgreSQL at postgres://tidings:***@127.0.0.1:1/tidings: \
+         connection refused — is the server running? (set TIDINGS_DATABASE_URL or `database` in tidings.toml)"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test.sh"]
+async fn postgres_backend_exposes_its_pool() {
+    let ctx = Ctx::new(crate::common::Kind::Postgres).await;
+    let tidings::subscribers::Backend::Postgres(pool) = ctx.store.backend() else {
+        panic!("not PostgreSQL")
+    };
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscribers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    ctx.cleanup().await;
+}
