@@ -528,18 +528,6 @@ impl Config {
         Ok(())
     }
 
-    /// The database URL, with a relative SQLite path taken from the
-    /// project folder (where the config is), not the current folder.
-    pub fn database_url(&self) -> String {
-        match self.database.strip_prefix("sqlite:") {
-            Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
-                let path = path.trim_start_matches("//");
-                format!("sqlite:{}", self.base_dir().join(path).display())
-            }
-            _ => self.database.clone(),
-        }
-    }
-
     /// `List-Id` value: the configured one, else derived from the sender.
     pub fn list_id(&self) -> String {
         let n = &self.newsletter;

@@ -37,25 +37,45 @@ fn dry_run_writes_valid_mime_without_injected_headers() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal"),
         dir,
     );
-    fs::write(
-        dir.join("hostile.csv"),
-        "email,first_name,last_name\n\
-         eve@example.org,\"Eve\r\nBcc: all@evil.example\",\"X\nSubject: spam\"\n\
-         zoe@example.org,Zoë,Ørsted\n\
-         plain@example.org,,\n",
-    )
-    .unwrap();
+    // Subscribers in the store. Import and add refuse line breaks in names,
+    // so the hostile one is written by another program (Python's sqlite3):
+    // the message must stay safe whatever the database holds.
+    for (email, first, last) in [
+        ("eve@example.org", "Eve", "X"),
+        ("zoe@example.org", "Zoë", "Ørsted"),
+        ("plain@example.org", "", ""),
+    ] {
+        let mut args = vec!["subscribers", "add", email];
+        if !first.is_empty() {
+            args.extend(["--first-name", first, "--last-name", last]);
+        }
+        let out = tidings(dir, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             c.execute(\"UPDATE subscribers SET first_name = ?, last_name = ? WHERE email_key = 'eve@example.org'\",\n\
+             ('Eve\\r\\nBcc: all@evil.example', 'X\\nSubject: spam'))\n\
+             c.commit()",
+        )
+        .arg(dir.join("subscribers/subscribers.db"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let out = tidings(
         dir,
-        &[
-            "send",
-            "content/hello.md",
-            "--dry-run",
-            "--subscribers",
-            "hostile.csv",
-            "--out",
-            "dr",
-        ],
+        &["send", "content/hello.md", "--dry-run", "--out", "dr"],
     );
     assert!(
         out.status.success(),
@@ -67,7 +87,9 @@ fn dry_run_writes_valid_mime_without_injected_headers() {
             .split(" (")
             .next()
             .unwrap(),
-        "dry run: wrote 3 messages to dr"
+        "dry run: wrote 3 messages to dr",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let summary = fs::read_to_string(dir.join("dr/summary.txt")).unwrap();
     assert!(

@@ -38,11 +38,12 @@ CREATE TABLE subscriber_lists (
 -- Walking one list's members by id.
 CREATE INDEX subscriber_lists_list ON subscriber_lists (list, subscriber_id);
 
--- Addresses that must not be added back: removed people ('removed'), and
--- unsubscribes of addresses not in the store ('unsubscribed').
+-- Addresses that must not be added back: removed people ('removed'),
+-- unsubscribes of addresses not in the store ('unsubscribed'), and addresses
+-- a server rejected that were sent to from a CSV file ('bounced').
 CREATE TABLE suppressions (
     email_hash TEXT PRIMARY KEY,
-    reason     TEXT NOT NULL CHECK (reason IN ('removed', 'unsubscribed')),
+    reason     TEXT NOT NULL CHECK (reason IN ('removed', 'unsubscribed', 'bounced')),
     created_at TEXT NOT NULL
 );
 

@@ -18,7 +18,7 @@ use crate::deliver::unsubscribe::Signer;
 use crate::deliver::{FileTransport, MessageFactory, Transport};
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::render::{FieldSet, RenderedIssue};
-use crate::subscribers::Recipient;
+use crate::subscribers::{Recipient, Store};
 use crate::{Error, Result};
 
 #[derive(Debug, Args)]
@@ -157,7 +157,8 @@ pub fn send(config: &Config, args: SendArgs) -> Result<()> {
 }
 
 async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
-    let db = Db::open(&config.database_url()).await?;
+    let store = Store::open(&config.database, &config.base_dir()).await?;
+    let db = store.backend();
     if args.worker_id.is_some() && !matches!(db, Db::Postgres(_)) {
         return Err(Error::Usage(
             "--worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine; set database = \"postgres://…\" (or TIDINGS_DATABASE_URL)".into(),
@@ -173,7 +174,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
             attributes: c.attributes.clone(),
         },
         None => FieldSet {
-            attributes: db.attribute_keys().await?,
+            attributes: store.attribute_keys().await?,
         },
     };
     let mut diags = Diagnostics::default();
@@ -187,10 +188,18 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     let opts = options(config, &args);
 
     if args.dry_run {
-        return dry_run(config, &args, db, csv.map(|c| c.recipients), factory, &opts).await;
+        return dry_run(
+            config,
+            &args,
+            store,
+            csv.map(|c| c.recipients),
+            factory,
+            &opts,
+        )
+        .await;
     }
     if !args.to.is_empty() {
-        return test_send(config, &args, &db, factory, &opts).await;
+        return test_send(config, &args, &store, factory, &opts).await;
     }
 
     let audience = match (&args.recipients.subscribers, &args.list) {
@@ -417,7 +426,7 @@ async fn write_report(db: &Db, campaign: i64, path: &PathBuf) -> Result<()> {
 async fn dry_run(
     config: &Config,
     args: &SendArgs,
-    db: Db,
+    store: Store,
     csv: Option<Vec<Recipient>>,
     factory: MessageFactory,
     opts: &SendOptions,
@@ -440,17 +449,17 @@ async fn dry_run(
     let subject = rendered.subject.source().to_string();
     let slug = rendered.slug.clone();
     let (stats, skipped) = if !args.to.is_empty() {
-        let recipients = test_recipients(&db, &args.to).await?;
+        let recipients = test_recipients(&store, &args.to).await?;
         (
             run_queue(ListQueue::new(recipients), transport, factory, &opts, args).await?,
             Default::default(),
         )
     } else if let Some(rows) = csv {
-        let queue = Arc::new(CsvQueue::new(rows, Some(db)));
+        let queue = Arc::new(CsvQueue::new(rows, Some(store.backend())));
         let stats = run_arc(queue.clone(), transport, factory, &opts, args).await?;
         (stats, queue.skipped())
     } else {
-        let queue = StoreQueue::new(db, args.list.clone());
+        let queue = StoreQueue::new(store, args.list.clone());
         (
             run_queue(queue, transport, factory, &opts, args).await?,
             Default::default(),
@@ -522,13 +531,13 @@ async fn run_arc<Q: Queue, T: Transport + 'static>(
 }
 
 /// `--to` addresses, with the stored subscriber's data when there is one.
-async fn test_recipients(db: &Db, to: &[String]) -> Result<Vec<Recipient>> {
+async fn test_recipients(store: &Store, to: &[String]) -> Result<Vec<Recipient>> {
     let mut out = Vec::with_capacity(to.len());
     for address in to {
-        let r = db
-            .find(address)
-            .await?
-            .unwrap_or_else(|| Recipient::new(address.trim()));
+        let r = match store.get(address).await? {
+            Some(s) => s.recipient(),
+            None => Recipient::new(address.trim()),
+        };
         out.push(r);
     }
     Ok(out)
@@ -537,11 +546,11 @@ async fn test_recipients(db: &Db, to: &[String]) -> Result<Vec<Recipient>> {
 async fn test_send(
     config: &Config,
     args: &SendArgs,
-    db: &Db,
+    store: &Store,
     factory: MessageFactory,
     opts: &SendOptions,
 ) -> Result<()> {
-    let recipients = test_recipients(db, &args.to).await?;
+    let recipients = test_recipients(store, &args.to).await?;
     let transport = SmtpTransport::new(config)?;
     transport
         .check()
@@ -568,7 +577,9 @@ async fn test_send(
 
 pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let db = Db::open(&config.database_url()).await?;
+        let db = Store::open(&config.database, &config.base_dir())
+            .await?
+            .backend();
         let mut diags = Diagnostics::default();
         let issue = Issue::from_file(&args.issue, &mut diags)?;
         let campaigns = journal::campaigns(&db, &issue.slug).await?;

@@ -693,7 +693,7 @@ impl Journal {
                             .await
                             .map_err(err)?;
                             let hash = hash.unwrap_or_default();
-                            let stamp = format_time(now);
+                            let stamp = crate::subscribers::model::now();
                             let n = sqlx::query(
                                 "UPDATE subscribers SET status = 'bounced', updated_at = $1 WHERE email_key = $2 AND status = 'active'",
                             )
@@ -708,7 +708,7 @@ impl Journal {
                                     "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) ON CONFLICT (email_hash) DO NOTHING",
                                 )
                                 .bind(&hash)
-                                .bind(format!("bounced: {}", error.message))
+                                .bind("bounced")
                                 .bind(&stamp)
                                 .execute(&mut *tx)
                                 .await
@@ -718,7 +718,7 @@ impl Journal {
                                 "INSERT INTO subscriber_events (email_hash, event, source, at) VALUES ($1, 'bounced', $2, $3)",
                             )
                             .bind(&hash)
-                            .bind(format!("send:{}", self.campaign.issue))
+                            .bind(format!("bounce: {} on sending {}", error.code.map_or(String::new(), |c| c.to_string()), self.campaign.issue))
                             .bind(&stamp)
                             .execute(&mut *tx)
                             .await

@@ -581,9 +581,10 @@ mod tests {
 
     async fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&format!("sqlite:{}/t.db", dir.path().display()))
+        let db = crate::subscribers::Store::open("sqlite:t.db", dir.path())
             .await
-            .unwrap();
+            .unwrap()
+            .backend();
         let config = Config::parse(
             "[newsletter]\nfrom = \"T <news@example.org>\"\n[send]\nretry_base_secs = 0\nmax_attempts = 3\n",
             "t.toml",

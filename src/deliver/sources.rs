@@ -7,8 +7,11 @@ use std::sync::Mutex;
 
 use super::journal::Job;
 use super::send::Queue;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
 use crate::db::{Db, DbError};
-use crate::subscribers::Recipient;
+use crate::subscribers::{Recipient, Store, StoreError};
 
 fn job(seq: i64, recipient: Recipient) -> Job {
     Job {
@@ -43,32 +46,48 @@ impl Queue for ListQueue {
     }
 }
 
-/// Active subscribers from the store, paged by id: memory stays flat
+/// Active subscribers from the store, read by a task that walks the list
+/// in pages (`Store::recipients`) into a bounded channel: memory stays flat
 /// whatever the list's size.
 pub struct StoreQueue {
-    db: Db,
-    list: Option<String>,
-    after: Mutex<i64>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Result<(i64, Recipient), StoreError>>>,
 }
 
 impl StoreQueue {
-    pub fn new(db: Db, list: Option<String>) -> StoreQueue {
+    pub fn new(store: Store, list: Option<String>) -> StoreQueue {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut rows = store.recipients(list.as_deref());
+            while let Some(row) = rows.next().await {
+                if tx.send(row).await.is_err() {
+                    break;
+                }
+            }
+        });
         StoreQueue {
-            db,
-            list,
-            after: Mutex::new(0),
+            rx: tokio::sync::Mutex::new(rx),
         }
     }
 }
 
 impl Queue for StoreQueue {
     async fn claim(&self, n: usize) -> Result<Vec<Job>, DbError> {
-        let after = *self.after.lock().unwrap();
-        let rows = self.db.active_after(self.list.as_deref(), after, n).await?;
-        if let Some((id, _)) = rows.last() {
-            *self.after.lock().unwrap() = *id;
+        let mut rx = self.rx.lock().await;
+        let mut jobs = Vec::with_capacity(n);
+        while jobs.len() < n {
+            let next = if jobs.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(row) => Some(row),
+                    Err(_) => break,
+                }
+            };
+            let Some(row) = next else { break };
+            let (id, r) = row?;
+            jobs.push(job(id, r));
         }
-        Ok(rows.into_iter().map(|(id, r)| job(id, r)).collect())
+        Ok(jobs)
     }
 }
 
