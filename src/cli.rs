@@ -136,19 +136,83 @@ fn read_csv(path: &Path) -> Result<crate::subscribers::csv::CsvRecipients> {
     Ok(read)
 }
 
-/// Recipients for a preview or check: `--subscribers`, else the sample list.
-fn load_recipients(config: &Config, args: &RecipientArgs) -> Result<(Vec<Recipient>, FieldSet)> {
-    let path = match &args.subscribers {
-        Some(p) => p.clone(),
-        None => project_dir(config).join("subscribers/sample.csv"),
-    };
-    let read = read_csv(&path)?;
+/// How many subscribers a preview from the store shows by default.
+const PREVIEW_FROM_STORE: usize = 10;
+
+/// Recipients for a preview or check: `--subscribers FILE.csv`, else the
+/// subscriber store (when it exists and has active subscribers: the first
+/// few, or exactly `one`), else the sample list `subscribers/sample.csv`.
+fn load_recipients(
+    config: &Config,
+    args: &RecipientArgs,
+    one: Option<&str>,
+) -> Result<(Vec<Recipient>, FieldSet)> {
+    if let Some(path) = &args.subscribers {
+        let read = read_csv(path)?;
+        return Ok((
+            read.recipients,
+            FieldSet {
+                attributes: read.attributes,
+            },
+        ));
+    }
+    if let Some(found) = runtime()?.block_on(store_recipients(config, one))? {
+        return Ok(found);
+    }
+    let read = read_csv(&project_dir(config).join("subscribers/sample.csv"))?;
     Ok((
         read.recipients,
         FieldSet {
             attributes: read.attributes,
         },
     ))
+}
+
+/// The store's subscribers for a preview, or `None` when there is no
+/// store yet (a SQLite file that does not exist is not created for this).
+async fn store_recipients(
+    config: &Config,
+    one: Option<&str>,
+) -> Result<Option<(Vec<Recipient>, FieldSet)>> {
+    if let Some(path) = config.database.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        if !project_dir(config).join(path).exists() {
+            return Ok(None);
+        }
+    }
+    let store = crate::subscribers::Store::open(&config.database, &config.base_dir()).await?;
+    let recipients = match one {
+        Some(email) => match store.get(email).await? {
+            Some(s) => vec![s.recipient()],
+            None => return Ok(None),
+        },
+        None => {
+            use futures_util::TryStreamExt;
+            let mut rows = store.recipients(None);
+            let mut out = Vec::new();
+            while out.len() < PREVIEW_FROM_STORE {
+                match rows.try_next().await? {
+                    Some((_, r)) => out.push(r),
+                    None => break,
+                }
+            }
+            out
+        }
+    };
+    if recipients.is_empty() {
+        return Ok(None);
+    }
+    if one.is_none() {
+        eprintln!(
+            "previewing the first {} active subscribers in {}; --subscriber EMAIL picks one",
+            recipients.len(),
+            store.name()
+        );
+    }
+    let fields = FieldSet {
+        attributes: store.attribute_keys().await?,
+    };
+    Ok(Some((recipients, fields)))
 }
 
 /// Content, then templates: everything up to the once-per-issue render.
@@ -182,7 +246,7 @@ fn summary(diags: &Diagnostics) -> String {
 }
 
 fn check(config: &Config, args: CheckArgs) -> Result<()> {
-    let (_, fields) = load_recipients(config, &args.recipients)?;
+    let (_, fields) = load_recipients(config, &args.recipients, None)?;
     let mut diags = Diagnostics::default();
     render_issue(config, &args.issue, &fields, &mut diags)?;
     print_diagnostics(&diags);
@@ -214,7 +278,8 @@ fn preview_signer(config: &Config, diags: &mut Diagnostics) -> Signer {
 }
 
 fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
-    let (mut recipients, fields) = load_recipients(config, &args.recipients)?;
+    let (mut recipients, fields) =
+        load_recipients(config, &args.recipients, args.subscriber.as_deref())?;
     if let Some(one) = &args.subscriber {
         let key = crate::subscribers::normalise_email(one);
         recipients.retain(|r| r.key() == key);

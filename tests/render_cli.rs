@@ -382,3 +382,50 @@ fn the_bundled_example_checks_clean() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+#[test]
+fn preview_uses_the_store_once_it_has_subscribers() {
+    let p = Project::from_fixture("minimal");
+    let out = p.run(&[
+        "subscribers",
+        "add",
+        "kim@example.org",
+        "--first-name",
+        "Kim",
+        "--attr",
+        "city=Bath",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run(&["preview", "content/hello.md", "--out", "s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("previewing the first 1 active subscribers in "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(p.read("s/kim@example.org.html").contains("Hi Kim,"));
+    assert!(
+        !p.path("s/ana@example.org.html").exists(),
+        "not the sample list"
+    );
+    // One subscriber from the store by address.
+    let out = p.run(&[
+        "preview",
+        "content/hello.md",
+        "--subscriber",
+        "KIM@example.org",
+        "--out",
+        "one",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path("one/kim@example.org.html").exists());
+}
+
+#[test]
+fn preview_without_a_store_uses_the_sample_list_and_creates_no_database() {
+    let p = Project::from_fixture("minimal");
+    let out = p.run(&["preview", "content/hello.md"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path("out/preview/hello/ana@example.org.html").exists());
+    assert!(!p.path("subscribers/subscribers.db").exists());
+}
