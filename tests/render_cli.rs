@@ -1,6 +1,8 @@
 //! `tidings preview` and `tidings check` on small whole projects: the real
 //! binary, real files, the exact messages a user sees.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -15,10 +17,7 @@ struct Project {
 impl Project {
     fn from_fixture(name: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name);
-        copy_dir(&src, dir.path());
+        support::copy_fixture(name, dir.path());
         Project { dir }
     }
 
@@ -46,19 +45,6 @@ impl Project {
             .args(args)
             .output()
             .unwrap()
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    for entry in fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            fs::create_dir_all(&to).unwrap();
-            copy_dir(&entry.path(), &to);
-        } else {
-            fs::copy(entry.path(), to).unwrap();
-        }
     }
 }
 

@@ -1,22 +1,11 @@
 //! `tidings send --dry-run`: the exact messages, as files, with no network.
 //! The .eml files are checked with Python's own `email` package.
 
+mod support;
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-
-fn copy_dir(src: &Path, dst: &Path) {
-    for entry in fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            fs::create_dir_all(&to).unwrap();
-            copy_dir(&entry.path(), &to);
-        } else {
-            fs::copy(entry.path(), to).unwrap();
-        }
-    }
-}
 
 fn tidings(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -33,10 +22,7 @@ fn tidings(dir: &Path, args: &[&str]) -> std::process::Output {
 fn dry_run_writes_valid_mime_without_injected_headers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal"),
-        dir,
-    );
+    support::copy_fixture("minimal", dir);
     // Subscribers in the store. Import and add refuse line breaks in names,
     // so the hostile one is written by another program (Python's sqlite3):
     // the message must stay safe whatever the database holds.

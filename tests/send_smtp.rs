@@ -2,6 +2,8 @@
 //! with faults injected per recipient; see tests/support/fault_smtp.py).
 //! These need `python3-aiosmtpd`: run them with scripts/test.sh.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -81,8 +83,7 @@ struct Project {
 impl Project {
     fn new(port: u16) -> Project {
         let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal");
-        copy_dir(&src, dir.path());
+        support::copy_fixture("minimal", dir.path());
         Project { dir, port }
     }
 
@@ -111,19 +112,6 @@ impl Project {
 
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    for entry in fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            fs::create_dir_all(&to).unwrap();
-            copy_dir(&entry.path(), &to);
-        } else {
-            fs::copy(entry.path(), to).unwrap();
-        }
     }
 }
 

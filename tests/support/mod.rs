@@ -211,3 +211,21 @@ impl ReferenceMjml {
         }
     }
 }
+
+/// Copies the fixture project `tests/fixtures/<name>` into `dst`.
+pub fn copy_fixture(name: &str, dst: &Path) {
+    copy_dir(&project_root().join("tests/fixtures").join(name), dst);
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
+    for entry in std::fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        }
+    }
+}
