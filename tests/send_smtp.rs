@@ -573,3 +573,70 @@ fn starttls_with_a_private_ca() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(server.received()["me@example.org"], 1);
 }
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn ctrl_c_finishes_in_flight_records_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    let n = 200;
+    let csv: String = std::iter::once("email".to_string())
+        .chain((0..n).map(|i| format!("c{i:03}@example.org")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    p.write("list.csv", &csv);
+    let args = [
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+        "--rate",
+        "40/s",
+    ];
+    let child = p
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.received().len() < 20 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopping: finishing the messages in flight (a rerun resumes)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: interrupted: "), "{stderr}");
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    assert!(
+        !status.contains("in flight"),
+        "nothing left in flight: {status}"
+    );
+    let sent_before = server.received().len();
+    assert!(sent_before < n, "interrupted too late");
+    assert!(
+        status.contains(&format!("sent {sent_before},")),
+        "the journal has what the server got: {status}"
+    );
+
+    let out = p.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let received = server.received();
+    assert_eq!(received.len(), n);
+    assert!(
+        received.values().all(|&c| c == 1),
+        "nobody twice after a Ctrl-C"
+    );
+}

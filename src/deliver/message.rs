@@ -378,12 +378,13 @@ mod tests {
     use crate::diagnostics::Diagnostics;
     use crate::render::{FieldSet, Renderer};
 
+    const CONFIG: &str = "[newsletter]\nname = \"Test\"\nfrom = \"Test Letter <news@example.org>\"\nreply_to = \"Editor <ed@example.org>\"\nbase_url = \"https://news.example.org\"\nunsubscribe_mailto = \"unsub@example.org\"\n";
+
     fn factory(subject: &str) -> MessageFactory {
-        let config = Config::parse(
-            "[newsletter]\nname = \"Test\"\nfrom = \"Test Letter <news@example.org>\"\nreply_to = \"Editor <ed@example.org>\"\nbase_url = \"https://news.example.org\"\nunsubscribe_mailto = \"unsub@example.org\"\n",
-            "t.toml",
-        )
-        .unwrap();
+        factory_with(Config::parse(CONFIG, "t.toml").unwrap(), subject)
+    }
+
+    fn factory_with(config: Config, subject: &str) -> MessageFactory {
         let mut d = Diagnostics::default();
         let issue = Issue::parse(
             &format!("---\ntitle: Hello\nsubject: \"{subject}\"\npreheader: p\n---\nHi there, = signs and “quotes”.\n\n## Part\n\n{}\n", "long line ".repeat(30)),
@@ -498,6 +499,67 @@ mod tests {
             assert!(text.contains(h), "missing {h:?} in\n{text}");
         }
         assert!(text.contains(&format!("Message-ID: {}\r\n", one.message_id)));
+    }
+
+    #[test]
+    fn dkim_signs_the_unsubscribe_headers_too() {
+        // An Ed25519 key is a base64 seed: no tool needed to make one.
+        let seed = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+        let mut config = Config::parse(
+            &format!("{CONFIG}[dkim]\nselector = \"news2026\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        config.secrets.dkim_private_key = Some(crate::config::Secret::new(seed));
+        let f = factory_with(config, "Signed");
+        let m = f.build(&Recipient::new("a@example.org")).unwrap();
+        let text = String::from_utf8(m.bytes).unwrap();
+        let head = text.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ");
+        let sig = head
+            .lines()
+            .find(|l| l.starts_with("DKIM-Signature:"))
+            .unwrap_or_else(|| panic!("no signature in\n{head}"));
+        assert!(sig.contains("d=example.org;"), "{sig}");
+        assert!(sig.contains("s=news2026;"), "{sig}");
+        assert!(sig.contains("a=ed25519-sha256;"), "{sig}");
+        let h = sig.split("h=").nth(1).unwrap().split(';').next().unwrap();
+        for name in [
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "List-Id",
+        ] {
+            assert!(
+                h.split(':').any(|x| x.trim().eq_ignore_ascii_case(name)),
+                "{name} not signed: {h}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pem_key_that_is_not_pkcs1_is_explained() {
+        let mut config =
+            Config::parse(&format!("{CONFIG}[dkim]\nselector = \"s\"\n"), "t.toml").unwrap();
+        config.secrets.dkim_private_key = Some(crate::config::Secret::new(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ));
+        let err = match MessageFactory::new(&config, Signer::new(b"k", "https://x.org"), {
+            let mut d = Diagnostics::default();
+            let issue = Issue::parse("---\ntitle: T\n---\nx\n", "t.md", "t", &mut d).unwrap();
+            Renderer::new(None)
+                .unwrap()
+                .render(&issue, &config, &FieldSet::default(), &mut d)
+                .unwrap()
+        }) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a PKCS#8 key was accepted"),
+        };
+        assert!(err.contains("PKCS#1 PEM (BEGIN RSA PRIVATE KEY)"), "{err}");
+        assert!(err.contains("openssl rsa -traditional"), "{err}");
     }
 
     #[test]
