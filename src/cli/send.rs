@@ -39,7 +39,7 @@ pub struct SendArgs {
     pub list: Option<String>,
     #[command(flatten)]
     pub recipients: RecipientArgs,
-    /// Messages per unit of time, e.g. 10/s, 300/min, 2000/h [default: send.rate]
+    /// Messages per unit of time, e.g. 10/s, 300/min, 2000/h, or unlimited [default: send.rate]
     #[arg(long, value_name = "RATE")]
     pub rate: Option<Rate>,
     /// SMTP connections and messages in flight [default: send.concurrency]
