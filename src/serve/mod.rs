@@ -133,7 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/feed.xml", get(feed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), limits))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
@@ -221,7 +221,19 @@ async fn issue(
     }
 }
 
-async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// A declared body over the limit is refused at once, unread (axum's own
+/// limit only notices once that much has arrived); then the whole request
+/// gets [`REQUEST_TIMEOUT`].
+async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return html(StatusCode::PAYLOAD_TOO_LARGE, state.pages.too_large())
+            .note(LogNote::outcome("too-large"));
+    }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(res) => res,
         Err(_) => html(StatusCode::REQUEST_TIMEOUT, state.pages.timed_out())

@@ -241,6 +241,15 @@ impl Pages {
         })
     }
 
+    pub fn too_large(&self) -> String {
+        self.message(Message {
+            heading: "This request is too large".into(),
+            paragraphs: vec!["Nothing was changed.".into()],
+            form: None,
+            link: None,
+        })
+    }
+
     pub fn timed_out(&self) -> String {
         self.message(Message {
             heading: "This took too long".into(),
