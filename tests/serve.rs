@@ -676,6 +676,54 @@ fn health_headers_and_limits() {
     assert_eq!(p.status("ana@example.org"), "unsubscribed");
 }
 
+#[test]
+fn stalled_requests_time_out() {
+    let p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let server = Server::start(&p);
+    let ana = p.link("hello", "ana@example.org");
+    let start = Instant::now();
+    // Headers never finished (a slow-loris client)…
+    let mut slow_head = http::Conn::connect(&server.addr).unwrap();
+    slow_head
+        .send_raw(format!("POST {ana} HTTP/1.1\r\nHost: x\r\n").as_bytes())
+        .unwrap();
+    // …and a body that never comes.
+    let mut slow_body = http::Conn::connect(&server.addr).unwrap();
+    let head = slow_body.head(
+        "POST",
+        &ana,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(ONE_CLICK.len()),
+    );
+    slow_body.send_raw(head.as_bytes()).unwrap();
+    slow_body.send_raw(&ONE_CLICK.as_bytes()[..5]).unwrap();
+
+    let r = slow_body.read_response().unwrap();
+    assert_eq!(r.status, 408, "{}", r.body);
+    assert_private(&r, "408");
+    // The connection is closed without an answer, or with a 408.
+    match slow_head.read_response() {
+        Ok(r) => assert_eq!(r.status, 408),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        ),
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    assert_eq!(p.status("ana@example.org"), "active");
+    assert!(server.log().contains("status=408"), "{}", server.log());
+    // The server is still there.
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
 /// Adds a second issue (a title that needs escaping) and a draft.
 fn add_issues(p: &Project) {
     p.write(
