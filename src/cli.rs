@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod send;
+mod serve;
 
 use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
 use crate::content::Issue;
@@ -47,6 +48,10 @@ pub enum Command {
     Status(send::StatusArgs),
     /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
     Subscribers(crate::subscribers::cli::SubscribersArgs),
+    /// Run the web service for unsubscribe links (RFC 8058 one-click) and the issues in the browser
+    Serve(serve::ServeArgs),
+    /// Write the sent issues as static HTML pages with an Atom feed
+    Archive(serve::ArchiveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +119,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::send(&config, args),
         Command::Status(args) => send::status(&config, args),
         Command::Subscribers(args) => crate::subscribers::cli::run(&config, args),
+        Command::Serve(args) => serve::serve(config, args),
+        Command::Archive(args) => serve::archive(&config, args),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `tidings serve` could not start (the address is taken, …).
+    #[error("{0}")]
+    Serve(String),
     /// Wrong use of the command line that clap cannot see.
     #[error("{0}")]
     Usage(String),

@@ -3,7 +3,8 @@
 //! Data flows one way through one module per stage:
 //! `config` -> `content` (Markdown issue) -> `render` (tera -> MJML -> HTML,
 //! once per issue) -> `deliver` (per-recipient message -> transport), with
-//! `subscribers` supplying recipients and `cli` driving it all.
+//! `subscribers` supplying recipients and `cli` driving it all. `serve`
+//! answers the unsubscribe links and publishes sent issues.
 
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod deliver;
 pub mod diagnostics;
 pub mod error;
 pub mod render;
+pub mod serve;
 pub mod subscribers;
 
 pub use error::{Error, Result};

@@ -1,0 +1,65 @@
+//! `tidings serve` and `tidings archive`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::runtime;
+use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
+use crate::deliver::unsubscribe::Signer;
+use crate::{Error, Result};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; put the organisation's reverse proxy (TLS) in
+    /// front. Port 0 picks a free port (printed on start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Output folder
+    #[arg(long, value_name = "DIR", default_value = "out/archive")]
+    pub out: PathBuf,
+}
+
+/// The secret the send pipeline signs links with: without it no link can
+/// be checked, so the server does not start.
+fn signer(config: &Config) -> Result<Signer> {
+    match &config.secrets.unsubscribe_secret {
+        Some(s) if s.expose().len() >= 16 => Ok(Signer::new(
+            s.expose().as_bytes(),
+            &config.newsletter.base_url,
+        )),
+        Some(_) => Err(Error::Usage(format!(
+            "{ENV_UNSUBSCRIBE_SECRET} is too short: use at least 16 random characters, the same secret `tidings send` signs links with (e.g. `openssl rand -hex 32`)"
+        ))),
+        None => Err(Error::Usage(format!(
+            "{ENV_UNSUBSCRIBE_SECRET} is not set: `tidings serve` checks unsubscribe links with the secret `tidings send` signed them with; export the same value (generate one with `openssl rand -hex 32`)"
+        ))),
+    }
+}
+
+pub fn serve(config: Config, args: ServeArgs) -> Result<()> {
+    let signer = signer(&config)?;
+    runtime()?.block_on(async move {
+        let state = crate::serve::Shared::new(config, signer).await?;
+        crate::serve::run(state, args.listen).await
+    })
+}
+
+pub fn archive(config: &Config, args: ArchiveArgs) -> Result<()> {
+    let report = runtime()?.block_on(crate::serve::archive::write_archive(config, &args.out))?;
+    for l in &report.left_out {
+        eprintln!("warning: {l}");
+    }
+    println!(
+        "wrote {} issue{} to {} (index.html, feed.xml)",
+        report.issues.len(),
+        if report.issues.len() == 1 { "" } else { "s" },
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `tidings archive`: the server's public pages as static files, for any
+//! web host, with links relative to each page (the folder can be put
+//! anywhere) and an Atom feed with absolute links from
+//! `newsletter.base_url`.
+//!
+//! ```text
+//! index.html                  the list of sent issues, newest first
+//! issues/<slug>/index.html    each sent issue, as the server shows it
+//! unsubscribe/index.html      where a public copy's Unsubscribe link goes
+//! feed.xml                    Atom 1.0
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::issues::{Catalogue, Site};
+use super::pages::{Listed, Pages};
+use crate::config::Config;
+use crate::subscribers::Store;
+use crate::{Error, Result};
+
+/// What was written.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveReport {
+    pub issues: Vec<String>,
+    /// Sent issues left out, and why (a missing file, …).
+    pub left_out: Vec<String>,
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes the archive into `out` (created if missing; other files there
+/// are left alone).
+pub async fn write_archive(config: &Config, out: &Path) -> Result<ArchiveReport> {
+    let store = Store::open(&config.database, &config.base_dir()).await?;
+    let pages = Pages::new(&config.newsletter);
+    let catalogue = Catalogue::new(Arc::new(config.clone()), Site::Static, Duration::MAX)?;
+    let (published, left_out) = catalogue.published(&store).await?;
+    let mut report = ArchiveReport {
+        left_out,
+        ..ArchiveReport::default()
+    };
+    for p in &published {
+        let slug = &p.sent.slug;
+        match catalogue.page(&store, slug).await? {
+            Some((_, html)) => {
+                write(&issue_path(out, slug), &html)?;
+                report.issues.push(slug.clone());
+            }
+            None => report.left_out.push(format!(
+                "issue `{slug}`: its file disappeared while writing"
+            )),
+        }
+    }
+    let listed: Vec<Listed<'_>> = published
+        .iter()
+        .filter(|p| report.issues.contains(&p.sent.slug))
+        .map(|p| Listed {
+            sent: &p.sent,
+            info: &p.info,
+            // Explicit index.html: works from a disk and on any host.
+            href: format!("issues/{}/index.html", p.sent.slug),
+        })
+        .collect();
+    write(&out.join("index.html"), &pages.index(&listed, "feed.xml"))?;
+    write(&out.join("feed.xml"), &pages.feed(&listed))?;
+    write(
+        &out.join("unsubscribe/index.html"),
+        &pages.unsubscribe_help("../index.html"),
+    )?;
+    Ok(report)
+}
+
+fn issue_path(out: &Path, slug: &str) -> PathBuf {
+    out.join("issues").join(slug).join("index.html")
+}

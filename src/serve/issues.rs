@@ -1,0 +1,354 @@
+//! The issues `serve` and `archive` publish: only those the send journal
+//! shows as sent (a campaign with at least one `sent` delivery), rendered
+//! once per issue with generic subscriber fields and kept in memory until
+//! the issue's file changes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Config;
+use crate::content::{ContentError, Issue};
+use crate::db::{Db, DbError, on_db};
+use crate::diagnostics::Diagnostics;
+use crate::render::personalise::{Escape, Fields};
+use crate::render::{FieldSet, RenderError, Renderer};
+use crate::subscribers::{Store, StoreError};
+
+/// Slugs are `[a-z0-9-]`: anything else is refused before a file name is
+/// made of it.
+pub fn valid_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An issue the journal shows as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentIssue {
+    pub slug: String,
+    /// When its first message was accepted (Unix ms).
+    pub first_sent_ms: i64,
+}
+
+/// Sent issues, newest first (by first send time).
+pub async fn sent_issues(db: &Db) -> Result<Vec<SentIssue>, DbError> {
+    const SQL: &str = "SELECT c.issue, MIN(d.sent_at) FROM campaigns c \
+         JOIN deliveries d ON d.campaign_id = c.id \
+         WHERE d.status = 'sent' AND d.sent_at IS NOT NULL \
+         GROUP BY c.issue ORDER BY MIN(d.sent_at) DESC, c.issue";
+    let err = |e| db.error("list the sent issues", e);
+    let rows: Vec<(String, i64)> = on_db!(db, pool => {
+        sqlx::query_as(SQL).fetch_all(pool).await.map_err(err)?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(slug, first_sent_ms)| SentIssue {
+            slug,
+            first_sent_ms,
+        })
+        .collect())
+}
+
+/// Where generated pages link to: the live server's paths, or paths
+/// relative to the page in a static archive (which may be put anywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    Live,
+    Static,
+}
+
+impl Site {
+    /// The unsubscribe help page, as linked from an issue page.
+    pub fn help_from_issue(self) -> &'static str {
+        match self {
+            Site::Live => "/unsubscribe",
+            Site::Static => "../../unsubscribe/index.html",
+        }
+    }
+}
+
+/// The public copy's fields: every template default ("Hi friend"), and an
+/// Unsubscribe link to the help page rather than a broken personal link.
+struct WebFields {
+    unsubscribe_url: &'static str,
+}
+
+impl Fields for WebFields {
+    fn field(&self, field: &str) -> Option<&str> {
+        (field == "unsubscribe_url").then_some(self.unsubscribe_url)
+    }
+}
+
+/// What the list and the feed show of an issue (its front matter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueInfo {
+    pub slug: String,
+    pub title: String,
+    pub number: Option<u32>,
+    /// `YYYY-MM-DD` from the front matter.
+    pub date: Option<String>,
+    pub preheader: String,
+}
+
+impl IssueInfo {
+    fn of(issue: &Issue) -> IssueInfo {
+        IssueInfo {
+            slug: issue.slug.clone(),
+            title: issue.meta.title.clone(),
+            number: issue.meta.issue,
+            date: issue.meta.date.clone(),
+            preheader: issue.meta.preheader.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("rendering was interrupted: {0}")]
+    Interrupted(String),
+}
+
+impl From<IssueError> for crate::Error {
+    fn from(e: IssueError) -> crate::Error {
+        match e {
+            IssueError::Db(e) => e.into(),
+            IssueError::Store(e) => e.into(),
+            IssueError::Content(e) => e.into(),
+            IssueError::Render(e) => e.into(),
+            IssueError::Interrupted(m) => crate::Error::Serve(m),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    mtime: Option<SystemTime>,
+    info: Arc<IssueInfo>,
+    html: Option<Arc<str>>,
+}
+
+/// Sent issues and their pages, cached.
+pub struct Catalogue {
+    config: Arc<Config>,
+    content_dir: PathBuf,
+    renderer: Arc<Renderer>,
+    site: Site,
+    /// How long the list of sent issues is reused before the journal is
+    /// asked again (it is a scan of the sent deliveries).
+    sent_ttl: Duration,
+    sent: Mutex<Option<(Instant, Arc<Vec<SentIssue>>)>>,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// A sent issue with its front matter, for lists and feeds.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub sent: SentIssue,
+    pub info: Arc<IssueInfo>,
+}
+
+impl Catalogue {
+    /// Templates are loaded once, from the project's `templates/` (a
+    /// restart picks up changed templates).
+    pub fn new(
+        config: Arc<Config>,
+        site: Site,
+        sent_ttl: Duration,
+    ) -> Result<Catalogue, RenderError> {
+        let base = config.base_dir();
+        let renderer = Renderer::new(Some(&base.join("templates")))?;
+        Ok(Catalogue {
+            content_dir: base.join("content"),
+            config,
+            renderer: Arc::new(renderer),
+            site,
+            sent_ttl,
+            sent: Mutex::new(None),
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, slug: &str) -> PathBuf {
+        self.content_dir.join(format!("{slug}.md"))
+    }
+
+    /// The sent issues, newest first (from the journal, at most
+    /// `sent_ttl` old).
+    pub async fn sent(&self, store: &Store) -> Result<Arc<Vec<SentIssue>>, IssueError> {
+        if let Some((at, list)) = &*self.sent.lock().expect("not poisoned")
+            && at.elapsed() < self.sent_ttl
+        {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(sent_issues(&store.backend()).await?);
+        *self.sent.lock().expect("not poisoned") = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// When `slug` was first sent, if it was.
+    pub async fn first_sent(
+        &self,
+        store: &Store,
+        slug: &str,
+    ) -> Result<Option<SentIssue>, IssueError> {
+        Ok(self
+            .sent(store)
+            .await?
+            .iter()
+            .find(|s| s.slug == slug)
+            .cloned())
+    }
+
+    fn mtime(&self, slug: &str) -> Option<Option<SystemTime>> {
+        let meta = std::fs::metadata(self.path(slug)).ok()?;
+        meta.is_file().then(|| meta.modified().ok())
+    }
+
+    fn cached(&self, slug: &str, mtime: Option<SystemTime>) -> Option<Entry> {
+        let entries = self.entries.lock().expect("not poisoned");
+        entries
+            .get(slug)
+            .filter(|e| e.mtime.is_some() && e.mtime == mtime)
+            .cloned()
+    }
+
+    /// The front matter of `content/<slug>.md` (sent or not): `None` when
+    /// the slug is not valid or there is no such file.
+    pub fn info(&self, slug: &str) -> Result<Option<Arc<IssueInfo>>, IssueError> {
+        if !valid_slug(slug) {
+            return Ok(None);
+        }
+        let Some(mtime) = self.mtime(slug) else {
+            return Ok(None);
+        };
+        if let Some(e) = self.cached(slug, mtime) {
+            return Ok(Some(e.info));
+        }
+        let issue = Issue::from_file(&self.path(slug), &mut Diagnostics::default())?;
+        let info = Arc::new(IssueInfo::of(&issue));
+        self.entries.lock().expect("not poisoned").insert(
+            slug.to_string(),
+            Entry {
+                mtime,
+                info: info.clone(),
+                html: None,
+            },
+        );
+        Ok(Some(info))
+    }
+
+    /// The sent issues whose files are there, newest first; the second
+    /// list says which sent issues were left out and why.
+    pub async fn published(
+        &self,
+        store: &Store,
+    ) -> Result<(Vec<Published>, Vec<String>), IssueError> {
+        let sent = self.sent(store).await?;
+        let mut out = Vec::with_capacity(sent.len());
+        let mut left_out = Vec::new();
+        for s in sent.iter() {
+            match self.info(&s.slug) {
+                Ok(Some(info)) => out.push(Published {
+                    sent: s.clone(),
+                    info,
+                }),
+                Ok(None) => left_out.push(format!(
+                    "issue `{}` was sent but {} is missing",
+                    s.slug,
+                    self.path(&s.slug).display()
+                )),
+                Err(e) => left_out.push(format!("issue `{}`: {e}", s.slug)),
+            }
+        }
+        Ok((out, left_out))
+    }
+
+    /// The public page of a sent issue: `None` when the slug is not valid,
+    /// the issue was never sent, or its file is gone.
+    pub async fn page(
+        &self,
+        store: &Store,
+        slug: &str,
+    ) -> Result<Option<(SentIssue, Arc<str>)>, IssueError> {
+        if !valid_slug(slug) {
+            return Ok(None);
+        }
+        let Some(sent) = self.first_sent(store, slug).await? else {
+            return Ok(None);
+        };
+        let Some(mtime) = self.mtime(slug) else {
+            return Ok(None);
+        };
+        if let Some(html) = self.cached(slug, mtime).and_then(|e| e.html) {
+            return Ok(Some((sent, html)));
+        }
+        // Custom attributes are fields templates may use, as in a send.
+        let fields = FieldSet {
+            attributes: store.attribute_keys().await?,
+        };
+        let renderer = self.renderer.clone();
+        let config = self.config.clone();
+        let path = self.path(slug);
+        let help = self.site.help_from_issue();
+        // mrml takes milliseconds: off the request threads.
+        let (info, html) = tokio::task::spawn_blocking(move || {
+            let mut diags = Diagnostics::default();
+            let issue = Issue::from_file(&path, &mut diags)?;
+            let rendered = renderer.render(&issue, &config, &fields, &mut diags)?;
+            let html: Arc<str> = rendered
+                .html
+                .render(
+                    &WebFields {
+                        unsubscribe_url: help,
+                    },
+                    Escape::Html,
+                )
+                .into();
+            Ok::<_, IssueError>((Arc::new(IssueInfo::of(&issue)), html))
+        })
+        .await
+        .map_err(|e| IssueError::Interrupted(e.to_string()))??;
+        self.entries.lock().expect("not poisoned").insert(
+            slug.to_string(),
+            Entry {
+                mtime,
+                info,
+                html: Some(html.clone()),
+            },
+        );
+        Ok(Some((sent, html)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert!(valid_slug("issue-17"));
+        for bad in [
+            "",
+            "Issue",
+            "a/b",
+            "..",
+            "a.md",
+            "a b",
+            "ä",
+            &"a".repeat(101),
+        ] {
+            assert!(!valid_slug(bad), "{bad:?}");
+        }
+    }
+}
