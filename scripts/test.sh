@@ -187,16 +187,20 @@ phase_done
 
 phase "reference mjml (npm)"
 want=$(node -p "require('./bench/package.json').dependencies.mjml")
-have=$(node -p "try { require('./bench/node_modules/mjml/package.json').version } catch (e) { '' }")
-if [ "$have" = "$want" ]; then
-	echo "mjml $have already in bench/node_modules"
+# bench/node_modules is current when it was installed from this very lock
+# file (a stamp with its hash): a new or changed dependency reinstalls.
+lock_sum=$(sha256sum bench/package-lock.json | cut -d' ' -f1)
+stamp=bench/node_modules/.tidings-lock-sha256
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_sum" ]; then
+	echo "bench/node_modules is up to date with bench/package-lock.json"
 else
-	echo "installing mjml $want into bench/node_modules (npm ci)"
+	echo "installing bench/package-lock.json into bench/node_modules (npm ci)"
 	# mjml 5 declares Node 22+ but runs on Node 20: its engine warnings are noise.
 	(cd bench && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in bench/ failed"
-	have=$(node -p "require('./bench/node_modules/mjml/package.json').version")
-	[ "$have" = "$want" ] || die "bench/node_modules has mjml $have, bench/package.json pins $want"
+	echo "$lock_sum" >"$stamp"
 fi
+have=$(node -p "require('./bench/node_modules/mjml/package.json').version")
+[ "$have" = "$want" ] || die "bench/node_modules has mjml $have, bench/package.json pins $want"
 phase_done
 
 # ------------------------------------------------------------ PostgreSQL

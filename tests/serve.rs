@@ -754,6 +754,11 @@ fn sent_issues_are_shown_generic_newest_first_and_drafts_are_not() {
     assert_security_headers(&r, "/issues/hello");
     assert!(r.body.contains("Hello Readers"));
     assert!(r.body.contains("Hi friend,"), "generic greeting");
+    assert!(
+        r.body
+            .contains("You receive this email because you subscribed"),
+        "generic footer"
+    );
     for personal in ["ana@example.org", "Ana", "zoe@", "Zoë", "/u/v1."] {
         assert!(
             !r.body.contains(personal),

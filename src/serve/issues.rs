@@ -179,8 +179,26 @@ impl Catalogue {
         })
     }
 
+    /// The issue file of `slug`: `content/<slug>.md`, or the file whose
+    /// name gives that slug (the journal keys sends by the slugified name,
+    /// so `Issue_17.md` was sent as `issue-17`).
     fn path(&self, slug: &str) -> PathBuf {
-        self.content_dir.join(format!("{slug}.md"))
+        let direct = self.content_dir.join(format!("{slug}.md"));
+        if direct.exists() {
+            return direct;
+        }
+        std::fs::read_dir(&self.content_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "md")
+                    && p.file_stem()
+                        .and_then(|s| s.to_str())
+                        .is_some_and(|s| crate::content::slugify(s) == slug)
+            })
+            .unwrap_or(direct)
     }
 
     /// The sent issues, newest first (from the journal, at most
