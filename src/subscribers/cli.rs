@@ -279,11 +279,12 @@ async fn list(store: &Store, args: ListArgs) -> Result<()> {
     let mut out = BufWriter::new(stdout.lock());
     let result = match args.format {
         Format::Csv => {
-            return store
-                .export(out, args.filter.filter())
-                .await
-                .map(drop)
-                .map_err(Error::from);
+            return match store.export(out, args.filter.filter()).await {
+                Ok(_) => Ok(()),
+                // `tidings subscribers list --format csv | head` is not an error.
+                Err(StoreError::Write(e)) => stdout_err(e).map_or(Ok(()), Err),
+                Err(e) => Err(e.into()),
+            };
         }
         Format::Table => write_table(store, &mut out, args.filter.filter()).await,
         Format::Json => write_json(store, &mut out, args.filter.filter()).await,

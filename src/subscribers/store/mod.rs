@@ -58,6 +58,9 @@ pub enum StoreError {
     /// Input the store refuses (an invalid address given to `add`, …).
     #[error("{0}")]
     Invalid(String),
+    /// The export's output failed (a full disk, a closed pipe).
+    #[error("cannot write the export: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 /// The pool of whichever database is configured, for code that writes its
@@ -915,8 +918,15 @@ impl Store {
         filter: ListFilter,
     ) -> Result<u64, StoreError> {
         let keys = self.attribute_keys().await?;
-        let write_err =
-            |e: csv::Error| StoreError::Invalid(format!("cannot write the export: {e}"));
+        let write_err = |e: csv::Error| {
+            if !e.is_io_error() {
+                return StoreError::Invalid(format!("cannot write the export: {e}"));
+            }
+            match e.into_kind() {
+                csv::ErrorKind::Io(io) => StoreError::Write(io),
+                _ => unreachable!("is_io_error"),
+            }
+        };
         let mut writer = super::csv::CsvWriter::new(out, &keys).map_err(write_err)?;
         let mut rows = self.list(filter);
         let mut n = 0;
