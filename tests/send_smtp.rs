@@ -640,3 +640,55 @@ fn ctrl_c_finishes_in_flight_records_and_resumes() {
         "nobody twice after a Ctrl-C"
     );
 }
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn remove_erases_the_person_from_the_send_journal_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    p.write(
+        "list.csv",
+        "email,first_name\nerase-me@example.org,Eraseme\nkeep@example.org,Keep\n",
+    );
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = p.run(&["subscribers", "remove", "erase-me@example.org"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Nothing of the address or the name is left in the database files.
+    for file in [
+        "subscribers/subscribers.db",
+        "subscribers/subscribers.db-wal",
+    ] {
+        if let Ok(bytes) = fs::read(p.path(file)) {
+            for needle in ["erase-me@example.org", "Eraseme"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{needle} still in {file}"
+                );
+            }
+        }
+    }
+    // The send's counts are intact, and a new send skips the address.
+    let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+    assert!(status.contains("2 recipients: sent 2"), "{status}");
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "list.csv",
+        "--yes",
+        "--resend",
+    ]);
+    assert!(
+        text(&out.stdout).contains("skipped 1 (1 suppressed)"),
+        "{}",
+        text(&out.stdout)
+    );
+}

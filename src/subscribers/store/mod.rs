@@ -704,6 +704,16 @@ impl Store {
         let n = tx
             .exec(
                 "DELETE FROM subscribers WHERE email_key = $1",
+                vec![key.clone().into()],
+            )
+            .await?;
+        // The send journal keeps who each issue went to: erase the person
+        // there too, leaving only the hash (as in the suppression list).
+        let journaled = tx
+            .exec(
+                "UPDATE deliveries SET email_key = 'erased:' || email_hash, email = '', \
+                 first_name = '', last_name = '', attributes = '{}', message_id = NULL \
+                 WHERE email_key = $1",
                 vec![key.into()],
             )
             .await?;
@@ -719,10 +729,10 @@ impl Store {
         .await?;
         tx.event(&hash, "removed", source, &now).await?;
         tx.commit().await?;
-        if n > 0 {
+        if n + journaled > 0 {
             self.driver.erase_traces().await?;
         }
-        Ok(if n > 0 {
+        Ok(if n + journaled > 0 {
             RemoveOutcome::Removed
         } else {
             RemoveOutcome::NotFound
