@@ -638,6 +638,25 @@ mod tests {
         SendError::new(kind, Some(code), format!("{code} scripted"))
     }
 
+    /// One run of the loop over `j` with the test transport, not stopped.
+    async fn send_all(
+        s: &Setup,
+        j: &Arc<Journal>,
+        t: &Arc<MemoryTransport>,
+        opts: &SendOptions,
+    ) -> RunStats {
+        run(
+            j.clone(),
+            t.clone(),
+            factory(&s.config),
+            opts,
+            &quiet(),
+            never(),
+        )
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn transient_failures_are_retried_then_sent() {
         let s = setup().await;
@@ -646,16 +665,7 @@ mod tests {
         t.fail_next("r1@example.org", err(FailureKind::Transient, 451));
         t.fail_next("r1@example.org", err(FailureKind::Transient, 421));
         let opts = SendOptions::from_config(&s.config.send);
-        let stats = run(
-            j.clone(),
-            t.clone(),
-            factory(&s.config),
-            &opts,
-            &quiet(),
-            never(),
-        )
-        .await
-        .unwrap();
+        let stats = send_all(&s, &j, &t, &opts).await;
         assert_eq!((stats.sent, stats.deferred, stats.failed), (3, 2, 0));
         let c = j.counts().await.unwrap();
         assert_eq!((c.sent, c.remaining()), (3, 0));
@@ -672,16 +682,7 @@ mod tests {
             t.fail_next("r0@example.org", err(FailureKind::Transient, 451));
         }
         let opts = SendOptions::from_config(&s.config.send);
-        let stats = run(
-            j.clone(),
-            t.clone(),
-            factory(&s.config),
-            &opts,
-            &quiet(),
-            never(),
-        )
-        .await
-        .unwrap();
+        let stats = send_all(&s, &j, &t, &opts).await;
         assert_eq!((stats.sent, stats.failed), (0, 1));
         let c = j.counts().await.unwrap();
         assert_eq!(
@@ -697,16 +698,7 @@ mod tests {
         let t = Arc::new(MemoryTransport::new());
         t.fail_next("r0@example.org", err(FailureKind::Rejected, 550));
         let opts = SendOptions::from_config(&s.config.send);
-        let stats = run(
-            j.clone(),
-            t.clone(),
-            factory(&s.config),
-            &opts,
-            &quiet(),
-            never(),
-        )
-        .await
-        .unwrap();
+        let stats = send_all(&s, &j, &t, &opts).await;
         assert_eq!((stats.sent, stats.failed, stats.bounced), (1, 1, 1));
         // A new campaign of the same audience skips the suppressed address.
         let rs = vec![
@@ -723,16 +715,7 @@ mod tests {
         .await
         .unwrap();
         let j2 = Arc::new(Journal::attach(&s.db, c).await.unwrap().0);
-        let stats = run(
-            j2.clone(),
-            t.clone(),
-            factory(&s.config),
-            &opts,
-            &quiet(),
-            never(),
-        )
-        .await
-        .unwrap();
+        let stats = send_all(&s, &j2, &t, &opts).await;
         assert_eq!(stats.sent, 1);
         let c = j2.counts().await.unwrap();
         assert_eq!(c.skipped_by.get("suppressed"), Some(&1));
@@ -746,16 +729,7 @@ mod tests {
         t.fail_next("r2@example.org", err(FailureKind::Fatal, 535));
         let mut opts = SendOptions::from_config(&s.config.send);
         opts.concurrency = 1;
-        let stats = run(
-            j.clone(),
-            t.clone(),
-            factory(&s.config),
-            &opts,
-            &quiet(),
-            never(),
-        )
-        .await
-        .unwrap();
+        let stats = send_all(&s, &j, &t, &opts).await;
         assert!(matches!(stats.stopped, Some(Stopped::Fatal(ref e)) if e.code == Some(535)));
         let c = j.counts().await.unwrap();
         assert_eq!((c.sent, c.failed, c.sending), (2, 0, 0));
@@ -790,16 +764,7 @@ mod tests {
         let mut opts = SendOptions::from_config(&s.config.send);
         opts.limit = Some(4);
         opts.rate = None;
-        let stats = run(
-            j.clone(),
-            t.clone(),
-            factory(&s.config),
-            &opts,
-            &quiet(),
-            never(),
-        )
-        .await
-        .unwrap();
+        let stats = send_all(&s, &j, &t, &opts).await;
         assert_eq!(
             (stats.sent, stats.stopped.clone()),
             (4, Some(Stopped::Limit))
