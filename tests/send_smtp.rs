@@ -255,10 +255,7 @@ fn killed_send_resumes_and_duplicates_only_in_flight() {
     let server = FaultServer::start(tmp.path());
     let p = Project::new(server.port);
     let n = 1500;
-    let csv: String = std::iter::once("email".to_string())
-        .chain((0..n).map(|i| format!("reader{i:04}@example.org")))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let csv = support::email_csv((0..n).map(|i| format!("reader{i:04}@example.org")));
     p.write("big.csv", &csv);
     let args = [
         "send",
@@ -352,11 +349,11 @@ fn a_send_that_fails_too_often_pauses_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let server = FaultServer::start(tmp.path());
     let p = Project::new(server.port);
-    let csv: String = std::iter::once("email".to_string())
-        .chain((0..12).map(|i| format!("p554-{i}@example.org")))
-        .chain((0..5).map(|i| format!("ok{i}@example.org")))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let csv = support::email_csv(
+        (0..12)
+            .map(|i| format!("p554-{i}@example.org"))
+            .chain((0..5).map(|i| format!("ok{i}@example.org"))),
+    );
     p.write("list.csv", &csv);
     let out = p.run(&[
         "send",
@@ -581,10 +578,7 @@ fn ctrl_c_finishes_in_flight_records_and_resumes() {
     let server = FaultServer::start(tmp.path());
     let p = Project::new(server.port);
     let n = 200;
-    let csv: String = std::iter::once("email".to_string())
-        .chain((0..n).map(|i| format!("c{i:03}@example.org")))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let csv = support::email_csv((0..n).map(|i| format!("c{i:03}@example.org")));
     p.write("list.csv", &csv);
     let args = [
         "send",

@@ -1009,25 +1009,9 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 #[test]
 #[ignore = "needs PostgreSQL: run scripts/test.sh"]
 fn one_click_on_postgresql() {
-    let admin = support::require_env(support::ENV_POSTGRES_URL, "PostgreSQL");
-    let name = "tidings_serve_test";
-    let psql = |sql: &str| {
-        let out = Command::new("psql")
-            .arg(&admin)
-            .args(["-q", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    psql(&format!("CREATE DATABASE {name}"));
-    let (base, _) = admin.rsplit_once('/').expect("a database URL");
+    let db = support::fresh_database("tidings_serve_test");
     let mut p = Project::new();
-    p.database = Some(format!("{base}/{name}"));
+    p.database = Some(db);
     p.add("ana@example.org", "Ana");
     p.add("bob@example.org", "");
     let server = Server::start(&p);

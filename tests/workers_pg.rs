@@ -4,43 +4,14 @@
 //! rate is the configured one. Needs PostgreSQL and python3-aiosmtpd: run
 //! scripts/test.sh.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn postgres_url() -> String {
-    std::env::var("TIDINGS_TEST_POSTGRES_URL").expect(
-        "TIDINGS_TEST_POSTGRES_URL is not set: run scripts/test.sh, which starts PostgreSQL",
-    )
-}
-
-/// A fresh database on the test server.
-fn fresh_database(name: &str) -> String {
-    let admin = postgres_url();
-    let out = Command::new("psql")
-        .arg(&admin)
-        .args([
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {name}"),
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("unexpected URL {admin}"),
-    }
-}
 
 fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
@@ -125,13 +96,10 @@ fn three_workers_one_killed() {
     let n = 20_000;
     let rate = 400.0;
     let tmp = tempfile::tempdir().unwrap();
-    let db = fresh_database("tidings_workers");
+    let db = support::fresh_database("tidings_workers");
     let server = Server::start(tmp.path());
     project(tmp.path());
-    let csv: String = std::iter::once("email".to_string())
-        .chain((0..n).map(|i| format!("r{i:05}@example.org")))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let csv = support::email_csv((0..n).map(|i| format!("r{i:05}@example.org")));
     fs::write(tmp.path().join("list.csv"), csv).unwrap();
     let spawn = |id: &str| {
         Command::new(env!("CARGO_BIN_EXE_tidings"))

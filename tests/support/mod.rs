@@ -229,3 +229,36 @@ fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// A subscriber CSV with only the `email` column.
+pub fn email_csv(addresses: impl IntoIterator<Item = String>) -> String {
+    std::iter::once("email".to_string())
+        .chain(addresses)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A fresh, empty database named `name` on the test PostgreSQL; its URL.
+pub fn fresh_database(name: &str) -> String {
+    let admin = require_env(ENV_POSTGRES_URL, "PostgreSQL");
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name}"),
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("unexpected URL {admin}"),
+    }
+}
