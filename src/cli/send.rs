@@ -77,18 +77,7 @@ pub struct StatusArgs {
 fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        super::shutdown_signal().await;
         eprintln!("\nstopping: finishing the messages in flight (a rerun resumes)");
         let _ = tx.send(true);
     });

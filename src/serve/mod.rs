@@ -309,22 +309,6 @@ pub fn log_warn(msg: &str) {
     eprintln!("time={} level=warn msg={:?}", now(), msg);
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 /// Listens on `listen` and serves until SIGTERM or Ctrl-C, then finishes
 /// the requests in flight (for at most [`SHUTDOWN_GRACE`]). Prints
 /// `listening on http://ADDR` (the real port) on stdout once bound.
@@ -351,7 +335,7 @@ pub async fn run(state: Shared, listen: SocketAddr) -> Result<()> {
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
     let graceful = GracefulShutdown::new();
-    let mut stop = std::pin::pin!(shutdown_signal());
+    let mut stop = std::pin::pin!(crate::cli::shutdown_signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
