@@ -153,6 +153,7 @@ fn load_recipients(
     config: &Config,
     args: &RecipientArgs,
     one: Option<&str>,
+    previewing: bool,
 ) -> Result<(Vec<Recipient>, FieldSet)> {
     if let Some(path) = &args.subscribers {
         let read = read_csv(path)?;
@@ -163,7 +164,7 @@ fn load_recipients(
             },
         ));
     }
-    if let Some(found) = runtime()?.block_on(store_recipients(config, one))? {
+    if let Some(found) = runtime()?.block_on(store_recipients(config, one, previewing))? {
         return Ok(found);
     }
     let read = read_csv(&project_dir(config).join("subscribers/sample.csv"))?;
@@ -180,6 +181,7 @@ fn load_recipients(
 async fn store_recipients(
     config: &Config,
     one: Option<&str>,
+    previewing: bool,
 ) -> Result<Option<(Vec<Recipient>, FieldSet)>> {
     if let Some(path) = config.database.strip_prefix("sqlite:") {
         let path = path.trim_start_matches("//");
@@ -209,10 +211,13 @@ async fn store_recipients(
     if recipients.is_empty() {
         return Ok(None);
     }
-    if one.is_none() {
+    if one.is_none() && previewing {
+        let whom = match recipients.len() {
+            1 => "the one active subscriber".to_string(),
+            n => format!("the first {n} active subscribers"),
+        };
         eprintln!(
-            "previewing the first {} active subscribers in {}; --subscriber EMAIL picks one",
-            recipients.len(),
+            "previewing {whom} in {}; --subscriber EMAIL picks one",
             store.name()
         );
     }
@@ -253,7 +258,7 @@ fn summary(diags: &Diagnostics) -> String {
 }
 
 fn check(config: &Config, args: CheckArgs) -> Result<()> {
-    let (_, fields) = load_recipients(config, &args.recipients, None)?;
+    let (_, fields) = load_recipients(config, &args.recipients, None, false)?;
     let mut diags = Diagnostics::default();
     render_issue(config, &args.issue, &fields, &mut diags)?;
     print_diagnostics(&diags);
@@ -267,6 +272,28 @@ fn check(config: &Config, args: CheckArgs) -> Result<()> {
     println!("{}: ok ({})", args.issue.display(), summary(&diags));
     Ok(())
 }
+
+/// Previews and dry runs work before the sender is configured: without
+/// `newsletter.from` they use an example address and say so (a real send
+/// still requires it).
+fn with_example_sender<'a>(
+    config: &'a Config,
+    diags: &mut Diagnostics,
+) -> std::borrow::Cow<'a, Config> {
+    if !config.newsletter.from.trim().is_empty() {
+        return std::borrow::Cow::Borrowed(config);
+    }
+    let mut c = config.clone();
+    c.newsletter.from = format!("{} <{EXAMPLE_SENDER}>", c.newsletter.name);
+    diags.push(Diagnostic::warning(
+        None,
+        format!("newsletter.from is not set: this uses {} as the sender; set it in tidings.toml before a real send", c.newsletter.from),
+    ));
+    std::borrow::Cow::Owned(c)
+}
+
+/// The sender of previews and dry runs when none is configured.
+const EXAMPLE_SENDER: &str = "newsletter@example.org";
 
 /// The unsubscribe signer: the real secret when set; a fixed preview-only
 /// key otherwise, since preview links are never meant to work.
@@ -286,7 +313,7 @@ fn preview_signer(config: &Config, diags: &mut Diagnostics) -> Signer {
 
 fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
     let (mut recipients, fields) =
-        load_recipients(config, &args.recipients, args.subscriber.as_deref())?;
+        load_recipients(config, &args.recipients, args.subscriber.as_deref(), true)?;
     if let Some(one) = &args.subscriber {
         let key = crate::subscribers::normalise_email(one);
         recipients.retain(|r| r.key() == key);
@@ -320,6 +347,7 @@ fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
         web_url: rendered.web_url.clone(),
         findings: Vec::new(),
     };
+    let config = &with_example_sender(config, &mut diags);
     let factory = MessageFactory::new(config, preview_signer(config, &mut diags), rendered)?;
     let transport = PreviewTransport::new(&out);
     let runtime = runtime()?;

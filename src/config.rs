@@ -463,9 +463,23 @@ impl Config {
             }
         }
         if !overridden.is_empty() {
-            config = Config::deserialize(table).map_err(|e| ConfigError::Other {
-                origin: format!("{origin} with {}", overridden.join(", ")),
-                message: e.message().to_string(),
+            let base = table.clone();
+            config = Config::deserialize(table).map_err(|e| {
+                // Name the variable that broke it: the first one that, set
+                // alone over the file, fails the same way.
+                let culprit = overridden.iter().find(|var| {
+                    Config::deserialize(base_without_overrides(&base, &overridden, var)).is_err()
+                });
+                match culprit {
+                    Some(var) => ConfigError::Env {
+                        var: var.clone(),
+                        message: e.message().to_string(),
+                    },
+                    None => ConfigError::Other {
+                        origin: format!("{origin} with {}", overridden.join(", ")),
+                        message: e.message().to_string(),
+                    },
+                }
             })?;
         }
         config.secrets = secrets;
@@ -604,6 +618,23 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// `table` with every overridden key but `keep` taken out (their defaults
+/// apply); database overrides stay.
+fn base_without_overrides(table: &toml::Table, overridden: &[String], keep: &str) -> toml::Table {
+    let mut out = table.clone();
+    for var in overridden {
+        if var == keep {
+            continue;
+        }
+        if let Some((section, key)) = env_key(&var["TIDINGS_".len()..])
+            && let Some(toml::Value::Table(t)) = out.get_mut(section)
+        {
+            t.remove(&key);
+        }
+    }
+    out
+}
+
 /// Numbers and booleans from the file come typed; from the environment they
 /// come as strings. Accept both.
 fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -620,7 +651,15 @@ where
     }
     match Either::<T>::deserialize(d)? {
         Either::Typed(t) => Ok(t),
-        Either::Str(s) => s.trim().parse().map_err(serde::de::Error::custom),
+        Either::Str(s) => s.trim().parse().map_err(|e: T::Err| {
+            let wanted = match std::any::type_name::<T>() {
+                "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number".to_string(),
+                "f32" | "f64" => "a number".to_string(),
+                "bool" => "true or false".to_string(),
+                _ => e.to_string(),
+            };
+            serde::de::Error::custom(format!("expected {wanted}, found `{}`", s.trim()))
+        }),
     }
 }
 

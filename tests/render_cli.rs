@@ -385,7 +385,7 @@ fn preview_uses_the_store_once_it_has_subscribers() {
     let out = p.run(&["preview", "content/hello.md", "--out", "s"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("previewing the first 1 active subscribers in "),
+        stderr(&out).contains("previewing the one active subscriber in "),
         "{}",
         stderr(&out)
     );

@@ -172,7 +172,13 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     let signer = signer(config, live, &mut diags)?;
     let slug = rendered.slug.clone();
     let title = rendered.title.clone();
-    let factory = MessageFactory::new(config, signer, rendered)?;
+    let sender_config;
+    let factory = if live {
+        MessageFactory::new(config, signer, rendered)?
+    } else {
+        sender_config = super::with_example_sender(config, &mut diags);
+        MessageFactory::new(&sender_config, signer, rendered)?
+    };
     print_diagnostics(&diags);
     let opts = options(config, &args);
 
@@ -196,6 +202,68 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         (None, Some(l)) => Audience::List(l.clone()),
         (None, None) => Audience::All,
     };
+    // Nothing is written until the user said yes: first only read what a
+    // send would do (continue a campaign, or whom a new one would fix).
+    if let Audience::List(l) = &audience {
+        known_list(&store, l).await?;
+    }
+    let current = Journal::current(&db, &slug, &audience, args.resend).await?;
+    let to_send = match &current {
+        Some(c) => {
+            let before = journal::counts(&db, c.id).await?;
+            if before.remaining() == 0 {
+                println!(
+                    "nothing to send: all {} recipient{} of {slug} are done (sent {}, failed {}, skipped {}); `tidings status {}` has the details, --resend sends it again",
+                    before.total,
+                    plural(before.total),
+                    before.sent,
+                    before.failed,
+                    before.skipped,
+                    args.issue.display()
+                );
+                return Ok(());
+            }
+            before.remaining()
+        }
+        None => {
+            let n = match &csv {
+                Some(c) => mailable_in_csv(&db, &c.recipients).await?,
+                None => store.audience_size(args.list.as_deref()).await?,
+            };
+            if n == 0 {
+                return Err(Error::Usage(format!(
+                    "nothing to send: {audience} has nobody who may be mailed (active, not unsubscribed, bounced or suppressed); `tidings subscribers stats` shows the counts. Nothing was written"
+                )));
+            }
+            n
+        }
+    };
+
+    let transport = SmtpTransport::new(config)?;
+    confirm(
+        &args,
+        &format!(
+            "Send {slug} \"{title}\" to {to_send} recipient{} ({audience}) through {} at {}{}?",
+            plural(to_send),
+            transport.server,
+            opts.rate.map_or("full speed".into(), |r| r.to_string()),
+            opts.rate
+                .filter(|r| !r.is_unlimited())
+                .map(|r| format!(
+                    ", about {}",
+                    human_duration(std::time::Duration::from_secs_f64(
+                        to_send as f64 / r.per_second_f64()
+                    ))
+                ))
+                .unwrap_or_default()
+        ),
+    )?;
+    transport
+        .check()
+        .await
+        .map_err(|e| Error::Usage(e.message))?;
+
+    // Yes: the recipients of a new campaign are fixed now.
     let (campaign, _) = Journal::open_or_create(
         &db,
         &slug,
@@ -216,44 +284,6 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         );
     }
     let before = journal.counts().await?;
-    if before.remaining() == 0 {
-        journal.close(None, true).await?;
-        println!(
-            "nothing to send: all {} recipients of {slug} are done (sent {}, failed {}, skipped {}); `tidings status {}` has the details, --resend sends it again",
-            before.total,
-            before.sent,
-            before.failed,
-            before.skipped,
-            args.issue.display()
-        );
-        return Ok(());
-    }
-
-    let transport = SmtpTransport::new(config)?;
-    confirm(
-        &args,
-        &format!(
-            "Send {slug} \"{title}\" to {} recipient{} ({audience}) through {} at {}{}?",
-            before.remaining(),
-            plural(before.remaining()),
-            transport.server,
-            opts.rate.map_or("full speed".into(), |r| r.to_string()),
-            opts.rate
-                .filter(|r| !r.is_unlimited())
-                .map(|r| format!(
-                    ", about {}",
-                    human_duration(std::time::Duration::from_secs_f64(
-                        before.remaining() as f64 / r.per_second_f64()
-                    ))
-                ))
-                .unwrap_or_default()
-        ),
-    )?;
-    transport
-        .check()
-        .await
-        .map_err(|e| Error::Usage(e.message))?;
-
     let journal = Arc::new(journal);
     let progress = Progress::new(before.remaining(), args.quiet);
     let stats = crate::deliver::send::run(
@@ -275,11 +305,74 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     journal
         .close(paused.as_deref(), after.remaining() == 0)
         .await?;
+    journal.leave(&exit_reason(&stats.stopped)).await?;
     if let Some(path) = &args.report {
         write_report(&db, journal.campaign().id, path).await?;
     }
     print_report(&stats, &after, journal.campaign().possible_duplicates);
     outcome(&stats, &after, &args)
+}
+
+/// How a worker's run ended, for `tidings status`.
+fn exit_reason(stopped: &Option<Stopped>) -> String {
+    match stopped {
+        None => "finished".into(),
+        Some(Stopped::Limit) => "--limit reached".into(),
+        Some(Stopped::Interrupted) => "interrupted".into(),
+        Some(Stopped::Paused(why)) => format!("paused: {why}"),
+        Some(Stopped::Fatal(e)) => format!("stopped: {}", e.message),
+    }
+}
+
+/// An unknown list is an error before anything is written: a typo must not
+/// send to nobody and close the issue for that list.
+async fn known_list(store: &Store, list: &str) -> Result<()> {
+    let names = store.list_names().await?;
+    if names.iter().any(|n| n == list) {
+        return Ok(());
+    }
+    let known = if names.is_empty() {
+        "there are no lists yet (`tidings subscribers import FILE.csv --list NAME` makes one)"
+            .to_string()
+    } else {
+        format!(
+            "the lists are: {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let hint = names
+        .iter()
+        .filter(|n| strsim::jaro_winkler(n, list) > 0.8)
+        .max_by(|a, b| strsim::jaro_winkler(a, list).total_cmp(&strsim::jaro_winkler(b, list)))
+        .map(|n| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    Err(Error::Usage(format!(
+        "no list `{list}`{hint}: {known}. Nothing was written"
+    )))
+}
+
+/// How many of a CSV file's recipients a new campaign would mail: each
+/// address once, less those the store says must not be mailed.
+async fn mailable_in_csv(db: &Db, rows: &[Recipient]) -> Result<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<Recipient> = rows
+        .iter()
+        .filter(|r| seen.insert(r.key()))
+        .cloned()
+        .collect();
+    let mut n = 0;
+    for chunk in unique.chunks(500) {
+        let blocked = db.blocked(chunk).await?;
+        n += chunk
+            .iter()
+            .filter(|r| !blocked.contains_key(&r.key()))
+            .count() as u64;
+    }
+    Ok(n)
 }
 
 /// The exit status of a send: 2 on a fatal stop, 1 if anyone failed or is
@@ -353,12 +446,12 @@ fn print_report(stats: &RunStats, after: &Counts, possible_duplicates: i64) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "this run: sent {}, failed {}, deferred {} in {} ({:.1} messages/s)",
+        "this run: sent {}, failed {}, deferred {} in {} ({})",
         stats.sent,
         stats.failed,
         stats.deferred,
         human_duration(stats.elapsed),
-        stats.rate()
+        stats.rate_text()
     );
     let _ = writeln!(out, "{}", counts_line(after));
     for (reason, n) in &after.failed_by {
@@ -425,10 +518,23 @@ async fn dry_run(
         .out
         .clone()
         .unwrap_or_else(|| project_dir(config).join("out/dry-run").join(&rendered.slug));
+    if let (None, true, Some(l)) = (&csv, args.to.is_empty(), &args.list) {
+        known_list(&store, l).await?;
+    }
     std::fs::create_dir_all(&out).map_err(|source| Error::Write {
         path: out.clone(),
         source,
     })?;
+    let cleared = clear_dry_run(&out)?;
+    if cleared > 0 {
+        eprintln!(
+            "removed {cleared} message{} of an earlier dry run from {}",
+            plural(cleared),
+            out.display()
+        );
+    }
+    let from_store = csv.is_none() && args.to.is_empty();
+    let store_name = store.name().to_string();
     let mut opts = opts.clone();
     opts.rate = None;
     opts.limit = args.limit;
@@ -466,7 +572,7 @@ async fn dry_run(
         },
         out.display(),
         human_duration(stats.elapsed),
-        stats.rate()
+        stats.rate().unwrap_or(0.0)
     );
     let summary_path = out.join("summary.txt");
     std::fs::write(&summary_path, &summary).map_err(|source| Error::Write {
@@ -481,10 +587,19 @@ async fn dry_run(
         stats.sent,
         plural(stats.sent),
         out.display(),
-        stats.rate()
+        stats.rate().unwrap_or(0.0)
     );
     if let Some(Stopped::Fatal(e)) = &stats.stopped {
         return Err(Error::Usage(e.message.clone()));
+    }
+    if from_store && stats.sent + stats.failed == 0 {
+        let whom = match &args.list {
+            Some(l) => format!("no active subscribers on list `{l}`"),
+            None => "no active subscribers".into(),
+        };
+        return Err(Error::Problems(format!(
+            "the subscriber store ({store_name}) has {whom}, so the dry run wrote nothing: import the list with `tidings subscribers import FILE.csv`, or pass --subscribers FILE.csv (`tidings preview` uses subscribers/sample.csv)"
+        )));
     }
     if stats.failed > 0 {
         return Err(Error::Problems(format!(
@@ -494,6 +609,29 @@ async fn dry_run(
         )));
     }
     Ok(())
+}
+
+/// Removes what an earlier dry run wrote into `dir` (its `.eml` files and
+/// `summary.txt`), so the folder holds exactly this run's messages; other
+/// files are left alone. Returns how many messages were removed.
+fn clear_dry_run(dir: &std::path::Path) -> Result<u64> {
+    let write_err = |source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).map_err(write_err)? {
+        let path = entry.map_err(write_err)?.path();
+        let is_eml = path.extension().is_some_and(|e| e == "eml");
+        if is_eml || path.file_name().is_some_and(|f| f == "summary.txt") {
+            std::fs::remove_file(&path).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+            n += u64::from(is_eml);
+        }
+    }
+    Ok(n)
 }
 
 async fn run_queue<Q: Queue, T: Transport + 'static>(
@@ -569,11 +707,10 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
         let db = Store::open(&config.database, &config.base_dir())
             .await?
             .backend();
-        let mut diags = Diagnostics::default();
-        let issue = Issue::from_file(&args.issue, &mut diags)?;
-        let campaigns = journal::campaigns(&db, &issue.slug).await?;
+        let slug = issue_slug(&args.issue)?;
+        let campaigns = journal::campaigns(&db, &slug).await?;
         if campaigns.is_empty() {
-            println!("{}: not sent yet", issue.slug);
+            println!("{slug}: not sent yet");
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
@@ -598,25 +735,42 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
                 let _ = writeln!(out, "  failed ({n}): {reason}");
             }
             let now = journal::now_ms();
-            for w in journal::worker_stats(&db, c.id).await? {
-                let seen = if w.heartbeat_at == 0 {
-                    "left".to_string()
-                } else if now - w.heartbeat_at < journal::WORKER_STALE.as_millis() as i64 {
-                    "sending".to_string()
+            let workers = journal::worker_stats(&db, c.id).await?;
+            // Rows held by a worker that exited or died are not in flight:
+            // the others take them back (and may send them twice).
+            let mut held_by_gone = 0;
+            for w in &workers {
+                let live = w.exited.is_none()
+                    && now - w.heartbeat_at < journal::WORKER_STALE.as_millis() as i64;
+                let state = match &w.exited {
+                    Some((t, why)) if why == "finished" => format!("finished {}", format_time(*t)),
+                    Some((t, why)) => format!("exited {}: {why}", format_time(*t)),
+                    None if live => "sending".into(),
+                    None => format!("dead: silent since {}", format_time(w.heartbeat_at)),
+                };
+                let in_flight = if live {
+                    format!("in flight {}", w.in_flight)
                 } else {
-                    format!("silent since {}", format_time(w.heartbeat_at))
+                    held_by_gone += w.in_flight;
+                    format!("left in flight {}", w.in_flight)
                 };
                 let _ = writeln!(
                     out,
-                    "  worker {}: claimed {}, sent {}, failed {}, in flight {}, {:.1} messages/s ({seen})",
-                    w.worker, w.claimed, w.sent, w.failed, w.in_flight, w.rate
+                    "  worker {}: claimed {}, sent {}, failed {}, {in_flight}, {:.1} messages/s ({state})",
+                    w.worker, w.claimed, w.sent, w.failed, w.rate
                 );
             }
-            if counts.sending > 0 {
+            let in_flight = counts.sending.saturating_sub(held_by_gone);
+            if in_flight > 0 {
                 let _ = writeln!(
                     out,
-                    "  {} in flight: if no send is running, a run died; they will be sent again and may arrive twice",
-                    counts.sending
+                    "  {in_flight} in flight: if no send is running, a run died; they will be sent again and may arrive twice",
+                );
+            }
+            if held_by_gone > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {held_by_gone} left in flight by a worker that is gone: the next worker or run sends them again, and they may arrive twice",
                 );
             }
             if c.possible_duplicates > 0 {
@@ -630,6 +784,21 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The slug `status` looks up: an issue file's, or the argument itself
+/// when it names no file (`tidings status issue-17`).
+fn issue_slug(arg: &std::path::Path) -> Result<String> {
+    if arg.is_file() {
+        let mut diags = Diagnostics::default();
+        return Ok(Issue::from_file(arg, &mut diags)?.slug);
+    }
+    let text = arg.to_string_lossy();
+    if !text.is_empty() && crate::content::slugify(&text) == text {
+        return Ok(text.into_owned());
+    }
+    let mut diags = Diagnostics::default();
+    Ok(Issue::from_file(arg, &mut diags)?.slug)
 }
 
 fn describe(audience: &str) -> String {

@@ -14,8 +14,23 @@ use crate::{Error, Result};
 pub struct ServeArgs {
     /// Address to listen on; put the organisation's reverse proxy (TLS) in
     /// front. Port 0 picks a free port (printed on start).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
+}
+
+/// `HOST:PORT` with an address or a name (`localhost:0`): names resolve
+/// now, to their first address.
+fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = s.to_socket_addrs().map_err(|e| {
+        format!("`{s}` is not an address to listen on ({e}): write HOST:PORT, e.g. 127.0.0.1:8080 or localhost:0")
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,32 @@ const RUNNER_LEASE: Duration = Duration::from_secs(20);
 /// it had in flight go back to the queue for the others.
 pub const WORKER_STALE: Duration = Duration::from_secs(15);
 
+/// Which campaign a send of `issue` to `audience` continues: the latest,
+/// unless `resend` asks for a new one while no worker is sending it. The
+/// latest made for another audience is an error.
+fn continued(
+    issue: &str,
+    audience: &Audience,
+    resend: bool,
+    latest: Option<Campaign>,
+    live_workers: i64,
+) -> Result<Option<Campaign>, StoreError> {
+    match latest {
+        Some(c) if !resend || live_workers > 0 => {
+            if c.audience != audience.key() {
+                return Err(StoreError::Conflict(format!(
+                    "{issue} was already sent to {} (campaign {} of {}); it can only continue there. To send it to {audience} as well, pass --resend (everyone in that audience gets it, including those who had it)",
+                    describe_audience(&c.audience),
+                    c.id,
+                    format_time(c.created_at)
+                )));
+            }
+            Ok(Some(c))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn this_process() -> String {
     format!("{}:{}", hostname(), std::process::id())
 }
@@ -182,7 +208,7 @@ impl Journal {
             .map_err(err)?;
             let live_workers: i64 = match &latest {
                 Some(c) => sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2",
+                    "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
                 )
                 .bind(c.id)
                 .bind(now - WORKER_STALE.as_millis() as i64)
@@ -191,20 +217,12 @@ impl Journal {
                 .map_err(err)?,
                 None => 0,
             };
-            match latest {
-                Some(c) if !resend || live_workers > 0 => {
-                    if c.audience != audience.key() {
-                        return Err(StoreError::Conflict(format!(
-                            "{issue} was already sent to {} (campaign {} of {}); it can only continue there. To send it to {audience} as well, pass --resend (everyone in that audience gets it, including those who had it)",
-                            describe_audience(&c.audience),
-                            c.id,
-                            format_time(c.created_at)
-                        )));
-                    }
+            match continued(issue, audience, resend, latest, live_workers)? {
+                Some(c) => {
                     tx.commit().await.map_err(err)?;
                     (c, false)
                 }
-                _ => {
+                None => {
                     let id: i64 = sqlx::query_scalar(
                         "INSERT INTO campaigns (issue, audience, created_at) VALUES ($1, $2, $3) RETURNING id",
                     )
@@ -285,6 +303,30 @@ impl Journal {
         Ok((campaign, created))
     }
 
+    /// The campaign a send would continue, or `None` when it would start a
+    /// new one (the same decision as `open_or_create`, which takes it
+    /// again under a lock); reads only, so a declined send leaves no trace.
+    pub async fn current(
+        db: &Db,
+        issue: &str,
+        audience: &Audience,
+        resend: bool,
+    ) -> Result<Option<Campaign>, StoreError> {
+        let latest = campaigns(db, issue).await?.into_iter().next();
+        let live_workers: i64 = match &latest {
+            Some(c) => on_db!(db, pool => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
+            )
+            .bind(c.id)
+            .bind(now_ms() - WORKER_STALE.as_millis() as i64)
+            .fetch_one(pool)
+            .await)
+            .map_err(|e| db.error("read the send journal", e))?,
+            None => 0,
+        };
+        continued(issue, audience, resend, latest, live_workers)
+    }
+
     /// Takes the campaign for this process: refuses while another live
     /// runner holds it, then turns rows a dead run left `sending` back to
     /// pending and counts them as possible duplicates.
@@ -293,7 +335,7 @@ impl Journal {
         let now = now_ms();
         let err = |e| db.error("claim the campaign", e);
         let live_workers: i64 = on_db!(db, pool => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2",
+            "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
         )
         .bind(campaign.id)
         .bind(now - WORKER_STALE.as_millis() as i64)
@@ -427,7 +469,7 @@ impl Journal {
         sqlx::query(
             "INSERT INTO campaign_workers (campaign_id, worker, process, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, $4)
-             ON CONFLICT (campaign_id, worker) DO UPDATE SET process = $3, started_at = $4, heartbeat_at = $4",
+             ON CONFLICT (campaign_id, worker) DO UPDATE SET process = $3, started_at = $4, heartbeat_at = $4, exited_at = NULL, exit_reason = NULL",
         )
         .bind(campaign.id)
         .bind(worker)
@@ -793,6 +835,26 @@ impl Journal {
         .map_err(|e| self.db.error("close the campaign", e))?;
         Ok(())
     }
+
+    /// A worker says it exited and why (`finished`, `interrupted`, …), so
+    /// `status` can tell it from a dead one.
+    pub async fn leave(&self, reason: &str) -> Result<(), StoreError> {
+        let Some(worker) = &self.worker else {
+            return Ok(());
+        };
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE campaign_workers SET exited_at = $1, exit_reason = $2 WHERE campaign_id = $3 AND worker = $4",
+        )
+        .bind(now_ms())
+        .bind(reason)
+        .bind(self.campaign.id)
+        .bind(worker)
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .map_err(|e| self.db.error("record the worker's exit", e))?;
+        Ok(())
+    }
 }
 
 /// Counts of a campaign's rows by status (and reasons).
@@ -840,15 +902,18 @@ pub struct WorkerStats {
     pub in_flight: u64,
     /// Its send rate between its first and last accepted message.
     pub rate: f64,
-    /// Its last heartbeat (0 once it left).
+    /// Its last heartbeat.
     pub heartbeat_at: i64,
+    /// When it exited, and why (`finished`, `interrupted`, …); `None` while
+    /// it runs, or when it died.
+    pub exited: Option<(i64, String)>,
 }
 
 /// Per-worker counts for a campaign sent with --worker-id.
 pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, StoreError> {
     let err = |e| db.error("read the send journal", e);
-    let workers: Vec<(String, i64)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT worker, heartbeat_at FROM campaign_workers WHERE campaign_id = $1 ORDER BY worker",
+    let workers: Vec<(String, i64, Option<i64>, Option<String>)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT worker, heartbeat_at, exited_at, exit_reason FROM campaign_workers WHERE campaign_id = $1 ORDER BY worker",
     )
     .bind(campaign)
     .fetch_all(pool)
@@ -866,9 +931,10 @@ pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, St
     .map_err(err)?;
     let mut out: Vec<WorkerStats> = workers
         .into_iter()
-        .map(|(worker, heartbeat_at)| WorkerStats {
+        .map(|(worker, heartbeat_at, exited_at, reason)| WorkerStats {
             worker,
             heartbeat_at,
+            exited: exited_at.map(|t| (t, reason.unwrap_or_default())),
             ..WorkerStats::default()
         })
         .collect();

@@ -148,16 +148,45 @@ pub struct RunStats {
     pub stopped: Option<Stopped>,
     /// Failures in this run, by reply.
     pub failures: Vec<(String, SendError)>,
+    /// Sends started (their turn came), and when the first and the last did.
+    pub started: u64,
+    pub first_start: Option<Instant>,
+    pub last_start: Option<Instant>,
+    /// The run kept a set rate.
+    pub paced: bool,
 }
 
 impl RunStats {
-    pub fn rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.sent as f64 / secs
-        } else {
-            0.0
+    /// Messages per second. A paced run is measured between the first and
+    /// the last send's turn (n messages take n-1 intervals), so the figure
+    /// is the rate that was kept and never above the set one; an unpaced
+    /// run, over its whole time. `None` when one message or none went out.
+    pub fn rate(&self) -> Option<f64> {
+        if self.paced {
+            let span = match (self.first_start, self.last_start) {
+                (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+                _ => 0.0,
+            };
+            return (self.started >= 2 && span > 0.0).then(|| (self.started - 1) as f64 / span);
         }
+        let secs = self.elapsed.as_secs_f64();
+        (self.sent >= 2 && secs > 0.0).then(|| self.sent as f64 / secs)
+    }
+
+    /// The rate for people: one decimal, rounded down (a paced run's
+    /// figure never shows above its set rate by rounding).
+    pub fn rate_text(&self) -> String {
+        match self.rate() {
+            Some(r) => format!("{:.1} messages/s", (r * 10.0).floor() / 10.0),
+            None if self.sent == 1 => "1 message".into(),
+            None => "no messages".into(),
+        }
+    }
+
+    fn started_at(&mut self, at: Instant) {
+        self.started += 1;
+        self.first_start = Some(self.first_start.map_or(at, |f| f.min(at)));
+        self.last_start = Some(self.last_start.map_or(at, |l| l.max(at)));
     }
 }
 
@@ -169,6 +198,7 @@ pub struct Progress {
     last_line: std::sync::Mutex<Instant>,
     started: Instant,
     total: u64,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -190,6 +220,19 @@ impl Progress {
             last_line: std::sync::Mutex::new(Instant::now()),
             started: Instant::now(),
             total,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// After a stop, lines say so and give no ETA.
+    fn stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                    .expect("valid template"),
+            );
         }
     }
 
@@ -209,6 +252,13 @@ impl Progress {
         let mut last = self.last_line.lock().unwrap();
         if last.elapsed() >= self.every {
             *last = Instant::now();
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "progress: {done}/{} done, sent {}, failed {}, deferred {}; stopping",
+                    self.total, s.sent, s.failed, s.deferred
+                );
+                return;
+            }
             let secs = self.started.elapsed().as_secs_f64().max(0.001);
             let rate = s.sent as f64 / secs;
             let left = self.total.saturating_sub(done);
@@ -243,7 +293,17 @@ pub fn human_duration(d: Duration) -> String {
 /// What one spawned send returns.
 struct Attempt {
     job: Job,
-    result: Result<String, SendError>,
+    /// `None`: stopped while waiting for its turn; it never went out.
+    result: Option<Result<String, SendError>>,
+    /// When its turn came.
+    started: Option<Instant>,
+}
+
+/// Resolves once `stop` turns true (never, if its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// How sends are paced.
@@ -345,10 +405,13 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     let mut started_sends = 0u64;
     let mut last_flush = Instant::now();
     let mut last_keep_alive = Instant::now();
+    let mut released: Vec<String> = Vec::new();
+    stats.paced = opts.rate.is_some_and(|r| !r.is_unlimited());
 
     loop {
         if *stop.borrow() && stats.stopped.is_none() {
             stats.stopped = Some(Stopped::Interrupted);
+            progress.stopping();
         }
         while stats.stopped.is_none() && tasks.len() < concurrency {
             if opts.limit.is_some_and(|l| started_sends >= l) {
@@ -365,14 +428,34 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
             started_sends += 1;
             let shared = shared.clone();
             let queue = queue.clone();
+            let stop = stop.clone();
             tasks.spawn(async move {
-                if let Err(e) = shared.pace.wait(&*queue).await {
-                    let error = SendError::new(FailureKind::Fatal, None, e.to_string());
-                    return Attempt {
-                        job,
-                        result: Err(error),
-                    };
+                // A stop releases sends still waiting for their turn; only
+                // those already on the wire finish.
+                let turn = tokio::select! {
+                    biased;
+                    _ = stopped(stop) => None,
+                    turn = shared.pace.wait(&*queue) => Some(turn),
+                };
+                match turn {
+                    None => {
+                        return Attempt {
+                            job,
+                            result: None,
+                            started: None,
+                        };
+                    }
+                    Some(Err(e)) => {
+                        let error = SendError::new(FailureKind::Fatal, None, e.to_string());
+                        return Attempt {
+                            job,
+                            result: Some(Err(error)),
+                            started: None,
+                        };
+                    }
+                    Some(Ok(())) => {}
                 }
+                let started = Instant::now();
                 let result = match shared.factory.build(&job.recipient) {
                     Ok(message) => shared
                         .transport
@@ -381,7 +464,11 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
                         .map(|()| message.message_id),
                     Err(e) => Err(SendError::new(FailureKind::Permanent, None, e.to_string())),
                 };
-                Attempt { job, result }
+                Attempt {
+                    job,
+                    result: Some(result),
+                    started: Some(started),
+                }
             });
         }
 
@@ -432,6 +519,13 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
                         continue;
                     }
                 };
+                if attempt.result.is_none() {
+                    released.push(attempt.job.key);
+                    continue;
+                }
+                if let Some(at) = attempt.started {
+                    stats.started_at(at);
+                }
                 let outcome = judge(attempt, opts, &mut stats, &mut consecutive_failures);
                 pending_outcomes.push(outcome);
                 progress.update(&stats);
@@ -449,8 +543,8 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
             last_keep_alive = Instant::now();
         }
     }
-    let unstarted: Vec<String> = buffer.drain(..).map(|j| j.key).collect();
-    queue.release(&unstarted).await?;
+    released.extend(buffer.drain(..).map(|j| j.key));
+    queue.release(&released).await?;
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)
@@ -464,9 +558,9 @@ fn judge(
     stats: &mut RunStats,
     consecutive_failures: &mut u32,
 ) -> Outcome {
-    let Attempt { job, result } = attempt;
+    let Attempt { job, result, .. } = attempt;
     let attempts = job.attempts + 1;
-    let error = match result {
+    let error = match result.expect("released attempts are not judged") {
         Ok(message_id) => {
             stats.attempts += 1;
             stats.sent += 1;

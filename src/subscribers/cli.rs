@@ -82,6 +82,10 @@ pub struct AddArgs {
     /// Re-activate an unsubscribed or bounced address: only when the person asked for it
     #[arg(long)]
     pub resubscribe: bool,
+    /// Add back a person who was removed (erased), only at their request;
+    /// records who decided it, e.g. --after-removal "Ana: asked by phone 2026-12-01"
+    #[arg(long, value_name = "WHO AND WHY", conflicts_with = "resubscribe")]
+    pub after_removal: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -206,7 +210,10 @@ async fn add(store: &Store, args: AddArgs) -> Result<()> {
         attributes: args.attributes.into_iter().collect::<BTreeMap<_, _>>(),
         lists: args.lists.iter().map(|l| l.trim().to_string()).collect(),
     };
-    let outcome = store.add(&new, "add", args.resubscribe).await?;
+    let outcome = match &args.after_removal {
+        Some(who) => store.add_after_removal(&new, who).await?,
+        None => store.add(&new, "add", args.resubscribe).await?,
+    };
     let refuse = |m: String| Err(Error::Problems(m));
     match outcome {
         AddOutcome::Added { .. } => println!("added {email}"),
@@ -226,7 +233,7 @@ async fn add(store: &Store, args: AddArgs) -> Result<()> {
         }
         AddOutcome::Suppressed { reason, since } if reason == SUPPRESSED_REMOVED => {
             return refuse(format!(
-                "{email} was removed on {since} (their data erased at their request): it cannot be added again"
+                "{email} was removed on {since} (their data erased at their request): --resubscribe and imports do not bring them back. If they ask to come back, they sign up again, or you add them with --after-removal \"WHO decided it, and why\" (recorded in their history)"
             ));
         }
         AddOutcome::Suppressed { since, .. } => {

@@ -157,8 +157,9 @@ impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows: {} new, {} updated, {} unchanged, {} kept unsubscribed, {} kept bounced, {} suppressed, {} skipped",
+            "{} row{}: {} new, {} updated, {} unchanged, {} kept unsubscribed, {} kept bounced, {} suppressed, {} skipped",
             self.rows,
+            if self.rows == 1 { "" } else { "s" },
             self.new,
             self.updated,
             self.unchanged,

@@ -76,8 +76,9 @@ impl Project {
 fn summary(verb: &str, file: &str, db: &str, rows: u64, counts: [u64; 7]) -> String {
     let [new, updated, unchanged, unsub, bounced, suppressed, skipped] = counts;
     format!(
-        "{verb} {file} into {db}: {rows} rows: {new} new, {updated} updated, {unchanged} unchanged, \
-         {unsub} kept unsubscribed, {bounced} kept bounced, {suppressed} suppressed, {skipped} skipped\n"
+        "{verb} {file} into {db}: {rows} row{}: {new} new, {updated} updated, {unchanged} unchanged, \
+         {unsub} kept unsubscribed, {bounced} kept bounced, {suppressed} suppressed, {skipped} skipped\n",
+        if rows == 1 { "" } else { "s" }
     )
 }
 
@@ -264,6 +265,37 @@ fn add_unsubscribe_and_deliberate_resubscribe() {
 }
 
 #[test]
+fn a_removed_person_comes_back_only_by_a_recorded_decision() {
+    let p = Project::new();
+    p.stdout(&["import", "members.csv"]);
+    p.stdout(&["remove", "ana@example.org"]);
+    p.cmd(&["add", "ana@example.org", "--after-removal", " "])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--after-removal needs who decided it and why",
+        ));
+    assert_eq!(
+        p.stdout(&[
+            "add",
+            "ana@example.org",
+            "--after-removal",
+            "Bo: Ana asked by phone on 2026-12-01",
+        ]),
+        "added ana@example.org\n"
+    );
+    let stats = p.stdout(&["stats"]);
+    assert!(stats.contains("subscribers: 3 (3 active"), "{stats}");
+    assert!(stats.contains("suppressed addresses: 0"), "{stats}");
+    // An unsubscribe is not lifted by it: that stays the person's own act.
+    p.stdout(&["unsubscribe", "hiro@example.org"]);
+    p.cmd(&["add", "hiro@example.org", "--after-removal", "Bo: cleanup"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("hiro@example.org unsubscribed"));
+}
+
+#[test]
 fn remove_then_import_keeps_them_out() {
     let p = Project::new();
     p.stdout(&["import", "members.csv"]);
@@ -280,7 +312,7 @@ fn remove_then_import_keeps_them_out() {
         .code(1)
         .stderr(predicate::str::contains("ana@example.org was removed on "))
         .stderr(predicate::str::contains(
-            "(their data erased at their request): it cannot be added again",
+            "(their data erased at their request): --resubscribe and imports do not bring them back. If they ask to come back, they sign up again, or you add them with --after-removal \"WHO decided it, and why\" (recorded in their history)\n",
         ));
     let stats = p.stdout(&["stats"]);
     assert!(stats.contains("subscribers: 2 (2 active"), "{stats}");

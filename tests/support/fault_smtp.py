@@ -10,13 +10,14 @@ The recipient's local part chooses the fault, on its first attempt only
   drop-*   the connection is dropped during DATA, without a reply
   hang-*   no reply to DATA for 30 s (the client must time out)
 Every accepted message is appended to --log as one JSON line:
-{"rcpt": [...], "message_id": "...", "bytes": N}.
+{"rcpt": [...], "message_id": "...", "bytes": N, "at": <Unix time, s>}.
 Prints "READY <port>" when listening.
 """
 import argparse
 import asyncio
 import json
 import sys
+import time
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
@@ -65,7 +66,7 @@ class Handler:
                 break
         with open(self.log, "a") as f:
             f.write(json.dumps({"rcpt": envelope.rcpt_tos, "message_id": message_id,
-                                "bytes": len(envelope.content)}) + "\n")
+                                "bytes": len(envelope.content), "at": time.time()}) + "\n")
         return "250 2.0.0 Queued"
 
 

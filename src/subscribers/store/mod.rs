@@ -423,6 +423,48 @@ impl Store {
         import::import(self.driver.as_ref(), input, path, options, on_skip).await
     }
 
+    /// Adds back a person who was removed (erased), when they asked to come
+    /// back: lifts the `removed` suppression with an event that records who
+    /// decided it, then adds them as new. An unsubscribe or a bounce is not
+    /// lifted by this (that is `add(…, resubscribe)`).
+    pub async fn add_after_removal(
+        &self,
+        new: &NewSubscriber,
+        decided_by: &str,
+    ) -> Result<AddOutcome, StoreError> {
+        check_new(new)?;
+        let decided_by = decided_by.trim();
+        if decided_by.is_empty() {
+            return Err(StoreError::Invalid(
+                "--after-removal needs who decided it and why, e.g. --after-removal \"Ana: they asked by phone on 2026-12-01\"".into(),
+            ));
+        }
+        model::check_text("--after-removal", decided_by, true).map_err(StoreError::Invalid)?;
+        let hash = email_hash_hex(new.email.trim());
+        let now = model::now();
+        let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
+        let removed = tx
+            .one(
+                "SELECT reason FROM suppressions WHERE email_hash = $1",
+                vec![hash.clone().into()],
+            )
+            .await?
+            .is_some_and(|mut r| r.text(0) == SUPPRESSED_REMOVED);
+        if removed {
+            tx.exec(
+                "DELETE FROM suppressions WHERE email_hash = $1",
+                vec![hash.clone().into()],
+            )
+            .await?;
+            let source = format!("after removal, decided by: {decided_by}");
+            tx.event(&hash, "readmitted", &source, &now).await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        self.add(new, "add --after-removal", false).await
+    }
+
     /// Adds one person, or updates their details if they are active.
     /// Unsubscribed and bounced people are left alone unless `resubscribe`
     /// (they asked to come back); removed people are always refused.
@@ -433,22 +475,7 @@ impl Store {
         resubscribe: bool,
     ) -> Result<AddOutcome, StoreError> {
         let email = new.email.trim();
-        model::check_email(email).map_err(StoreError::Invalid)?;
-        for (field, value) in [
-            ("first_name", &new.first_name),
-            ("last_name", &new.last_name),
-        ] {
-            if let Some(v) = value {
-                model::check_text(field, v, true).map_err(StoreError::Invalid)?;
-            }
-        }
-        for (k, v) in &new.attributes {
-            model::check_attribute_name(k).map_err(StoreError::Invalid)?;
-            model::check_text(k, v, false).map_err(StoreError::Invalid)?;
-        }
-        for l in &new.lists {
-            model::check_list_name(l).map_err(StoreError::Invalid)?;
-        }
+        check_new(new)?;
         let key = normalise_email(email);
         let hash = email_hash_hex(email);
         let now = model::now();
@@ -996,6 +1023,41 @@ impl Store {
         Ok(stats)
     }
 
+    /// How many an issue would go to right now (the same rule as
+    /// `recipients`), on `list` if given; reads only.
+    pub async fn audience_size(&self, list: Option<&str>) -> Result<u64, StoreError> {
+        let mut sql = "SELECT COUNT(*) FROM subscribers s WHERE s.status = 'active' \
+             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = s.email_hash)"
+            .to_string();
+        let mut args = vec![];
+        if let Some(list) = list {
+            args.push(Val::from(list));
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $1)",
+            );
+        }
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let n = tx.count(&sql, args).await?;
+        tx.rollback().await?;
+        Ok(n)
+    }
+
+    /// The lists that have members, sorted.
+    pub async fn list_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        let names = tx
+            .fetch(
+                "SELECT DISTINCT list FROM subscriber_lists ORDER BY list",
+                vec![],
+            )
+            .await?
+            .into_iter()
+            .map(|mut r| r.text(0))
+            .collect();
+        tx.rollback().await?;
+        Ok(names)
+    }
+
     /// Distinct attribute names over all subscribers, sorted (the fields
     /// templates may use).
     pub async fn attribute_keys(&self) -> Result<Vec<String>, StoreError> {
@@ -1090,6 +1152,27 @@ fn redact_address(text: &str, key: &str) -> String {
 
 /// A database URL fit to print: the password replaced by `***`, in the
 /// user-info part and in a `password=` query parameter.
+/// The checks every added person passes, before anything is written.
+fn check_new(new: &NewSubscriber) -> Result<(), StoreError> {
+    model::check_email(new.email.trim()).map_err(StoreError::Invalid)?;
+    for (field, value) in [
+        ("first_name", &new.first_name),
+        ("last_name", &new.last_name),
+    ] {
+        if let Some(v) = value {
+            model::check_text(field, v, true).map_err(StoreError::Invalid)?;
+        }
+    }
+    for (k, v) in &new.attributes {
+        model::check_attribute_name(k).map_err(StoreError::Invalid)?;
+        model::check_text(k, v, false).map_err(StoreError::Invalid)?;
+    }
+    for l in &new.lists {
+        model::check_list_name(l).map_err(StoreError::Invalid)?;
+    }
+    Ok(())
+}
+
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {

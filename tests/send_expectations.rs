@@ -1,0 +1,370 @@
+//! A send does what the person at the keyboard expects: nothing is fixed
+//! before "yes", a typo sends nothing, a stop stops, the printed rate is the
+//! kept one, a dry run mirrors the send. Through the binary, against a real
+//! SMTP server on loopback (python3-aiosmtpd): run scripts/test.sh.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::smtp::FaultServer;
+
+const NEEDS: &str = "needs python3-aiosmtpd: run scripts/test.sh";
+
+/// A copy of the `minimal` fixture project, sending to `port`.
+struct Project {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Project {
+    fn new(port: u16) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        support::copy_fixture("minimal", dir.path());
+        Project { dir, port }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        c.current_dir(self.dir.path())
+            .env("TIDINGS_SMTP_PORT", self.port.to_string())
+            .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+            .env("TIDINGS_UNSUBSCRIBE_SECRET", "test-secret-0123456789")
+            .env_remove("TIDINGS_CONFIG")
+            .env_remove("TIDINGS_DATABASE_URL")
+            .stdin(Stdio::null())
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        support::run(&mut self.command(args), Duration::from_secs(120))
+    }
+
+    /// Imports `addresses` into the project's SQLite store, on `list`.
+    fn import(&self, addresses: &[&str], list: &str) {
+        fs::write(
+            self.path("import.csv"),
+            support::email_csv(addresses.iter().map(|a| a.to_string())),
+        )
+        .unwrap();
+        let out = self.run(&["subscribers", "import", "import.csv", "--list", list]);
+        assert!(out.status.success(), "{}", support::describe(&out));
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn addresses(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("r{i:02}@example.org")).collect()
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn a_declined_send_fixes_nobody() {
+    let _ = NEEDS;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    p.import(
+        &["a@example.org", "b@example.org", "c@example.org"],
+        "monthly",
+    );
+
+    // No terminal and no --yes: refused, and nothing is written.
+    let out = p.run(&["send", "content/hello.md"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).contains(
+            "Send hello \"Hello Readers\" to 3 recipients (all active subscribers) through 127.0.0.1:"
+        ) && stderr(&out)
+            .contains("refusing to send without confirmation: stdin is not a terminal, pass --yes"),
+        "{}",
+        stderr(&out)
+    );
+    let status = p.run(&["status", "content/hello.md"]);
+    assert_eq!(stdout(&status), "hello: not sent yet\n");
+    assert_eq!(server.total(), 0);
+
+    // Someone who joins before the real send is in it.
+    let add = p.run(&["subscribers", "add", "d@example.org", "--list", "monthly"]);
+    assert!(add.status.success(), "{}", support::describe(&add));
+    let out = p.run(&["send", "content/hello.md", "--list", "monthly", "--yes"]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).contains("to 4 recipients (list `monthly`)"),
+        "{}",
+        stderr(&out)
+    );
+    let got: Vec<String> = server.received().into_keys().collect();
+    assert_eq!(
+        got,
+        [
+            "a@example.org",
+            "b@example.org",
+            "c@example.org",
+            "d@example.org"
+        ]
+    );
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn an_unknown_list_or_an_empty_audience_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    p.import(&["a@example.org"], "monthly");
+    p.import(&["b@example.org"], "weekly");
+
+    let out = p.run(&["send", "content/hello.md", "--list", "montly", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: no list `montly` (did you mean `monthly`?): the lists are: `monthly`, `weekly`. Nothing was written\n"
+    );
+    // The dry run says the same.
+    let out = p.run(&["send", "content/hello.md", "--list", "montly", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).ends_with(
+            "error: no list `montly` (did you mean `monthly`?): the lists are: `monthly`, `weekly`. Nothing was written\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // A list whose only member unsubscribed is an empty audience.
+    let un = p.run(&["subscribers", "unsubscribe", "b@example.org"]);
+    assert!(un.status.success(), "{}", support::describe(&un));
+    let out = p.run(&["send", "content/hello.md", "--list", "weekly", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).ends_with(
+            "error: nothing to send: list `weekly` has nobody who may be mailed (active, not unsubscribed, bounced or suppressed); `tidings subscribers stats` shows the counts. Nothing was written\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let status = p.run(&["status", "hello"]);
+    assert_eq!(stdout(&status), "hello: not sent yet\n");
+
+    // The right list still works afterwards.
+    let out = p.run(&["send", "content/hello.md", "--list", "monthly", "--yes"]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert_eq!(server.total(), 1);
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn a_stop_sends_nothing_that_was_still_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    let all = addresses(20);
+    p.import(&all.iter().map(String::as_str).collect::<Vec<_>>(), "m");
+    let mut child = p
+        .command(&["send", "content/hello.md", "--yes", "--rate", "1/s"])
+        .stdout(fs::File::create(p.path("send.out")).unwrap())
+        .stderr(fs::File::create(p.path("send.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while server.total() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let signalled = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let at_signal = server.total();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let err = fs::read_to_string(p.path("send.err")).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    // At 1/s a message is on the wire for milliseconds: after the signal,
+    // at most the one that had already started may still arrive.
+    let after: Vec<f64> = server
+        .messages()
+        .iter()
+        .map(|m| m.at)
+        .filter(|&t| t > signalled + 0.05)
+        .collect();
+    assert!(
+        after.is_empty() && server.total() <= at_signal + 1,
+        "{} sent after SIGTERM ({} at the signal, {} in all)\n{err}",
+        after.len(),
+        at_signal,
+        server.total()
+    );
+    let stopping = err.find("stopping").expect("says it is stopping");
+    assert!(!err[stopping..].contains("eta"), "{err}");
+    let sent = server.total();
+    assert!(
+        err.contains(&format!(
+            "interrupted: {} recipients left; rerun `tidings send content/hello.md` to continue",
+            20 - sent
+        )),
+        "{err}"
+    );
+
+    // The rerun sends the rest, and nobody twice.
+    let out = p.run(&["send", "content/hello.md", "--yes", "--rate", "unlimited"]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    let received = server.received();
+    assert_eq!(received.len(), 20);
+    assert!(received.values().all(|&n| n == 1), "{received:?}");
+}
+
+/// "this run: … (R messages/s)": R.
+fn printed_rate(out: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("this run: "))
+        .unwrap_or_else(|| panic!("no report line in {out}"));
+    let inner = &line[line.rfind('(').unwrap() + 1..line.len() - 1];
+    inner
+        .strip_suffix(" messages/s")
+        .unwrap_or_else(|| panic!("no rate in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn the_printed_rate_never_exceeds_the_set_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    for (n, rate, set) in [(3, "5/s", 5.0), (12, "10/s", 10.0), (30, "40/s", 40.0)] {
+        let p = Project::new(server.port);
+        fs::write(
+            p.path("list.csv"),
+            support::email_csv(addresses(n).into_iter()),
+        )
+        .unwrap();
+        let out = p.run(&[
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "list.csv",
+            "--yes",
+            "--rate",
+            rate,
+        ]);
+        assert!(out.status.success(), "{}", support::describe(&out));
+        let printed = printed_rate(&stdout(&out));
+        assert!(
+            printed <= set && printed > set * 0.5,
+            "{rate}: printed {printed}\n{}",
+            stdout(&out)
+        );
+    }
+    // One message has no rate to speak of.
+    let p = Project::new(server.port);
+    fs::write(p.path("one.csv"), "email\none@example.org\n").unwrap();
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--subscribers",
+        "one.csv",
+        "--yes",
+    ]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert!(
+        stdout(&out).starts_with("this run: sent 1, failed 0, deferred 0 in ")
+            && stdout(&out).contains(" (1 message)\n"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+fn eml_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".eml"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_dry_run_mirrors_the_send() {
+    let p = Project::new(1);
+    // An empty store: nothing to write is a problem, with the way out.
+    let add = p.run(&["subscribers", "add", "gone@example.org"]);
+    assert!(add.status.success(), "{}", support::describe(&add));
+    let un = p.run(&["subscribers", "unsubscribe", "gone@example.org"]);
+    assert!(un.status.success(), "{}", support::describe(&un));
+    let out = p.run(&["send", "content/hello.md", "--dry-run", "--out", "dry"]);
+    assert_eq!(out.status.code(), Some(1), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).ends_with(
+            "error: the subscriber store (subscribers/subscribers.db) has no active subscribers, so the dry run wrote nothing: import the list with `tidings subscribers import FILE.csv`, or pass --subscribers FILE.csv (`tidings preview` uses subscribers/sample.csv)\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // A reused folder holds exactly the new run's messages.
+    fs::write(
+        p.path("three.csv"),
+        "email\na@example.org\nb@example.org\nc@example.org\n",
+    )
+    .unwrap();
+    fs::write(p.path("two.csv"), "email\nx@example.org\ny@example.org\n").unwrap();
+    let dry = p.path("dry");
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--dry-run",
+        "--out",
+        "dry",
+        "--subscribers",
+        "three.csv",
+    ]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    fs::write(dry.join("notes.txt"), "mine").unwrap();
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--dry-run",
+        "--out",
+        "dry",
+        "--subscribers",
+        "two.csv",
+    ]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "removed 3 messages of an earlier dry run from {}",
+            "dry"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(eml_files(&dry), ["x@example.org.eml", "y@example.org.eml"]);
+    let summary = fs::read_to_string(dry.join("summary.txt")).unwrap();
+    assert!(summary.contains("\nmessages: 2\n"), "{summary}");
+    assert_eq!(fs::read_to_string(dry.join("notes.txt")).unwrap(), "mine");
+}
