@@ -211,6 +211,96 @@ fn three_workers_one_killed() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL and python3-aiosmtpd: run scripts/test.sh"]
+fn two_workers_at_a_low_rate_share_the_work() {
+    let n = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = support::fresh_database("tidings_workers_share");
+    let server = Server::start(tmp.path());
+    project(tmp.path());
+    let csv = support::email_csv((0..n).map(|i| format!("s{i:03}@example.org")));
+    fs::write(tmp.path().join("list.csv"), csv).unwrap();
+    let command = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        c.current_dir(tmp.path())
+            .env("TIDINGS_DATABASE_URL", &db)
+            .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+            .env("TIDINGS_SMTP_PORT", server.port.to_string())
+            .env("TIDINGS_UNSUBSCRIBE_SECRET", "workers-secret-0123456789")
+            .env_remove("TIDINGS_CONFIG")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let spawn = |id: &str| {
+        command(&[
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "list.csv",
+            "--yes",
+            "--quiet",
+            "--rate",
+            "20/s",
+            "--worker-id",
+            id,
+        ])
+        .spawn()
+        .unwrap()
+    };
+    let first = spawn("a");
+    // The second starts once the first is under way.
+    let started = Instant::now();
+    while server.total() < 5 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = spawn("b");
+    for (id, child) in [("a", first), ("b", second)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{id}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let received = server.received();
+    assert_eq!(received.len(), n);
+    assert!(received.values().all(|&c| c == 1), "nobody twice");
+    let per_worker = psql(
+        &db,
+        "SELECT string_agg(worker || '=' || n, ',' ORDER BY worker) FROM (SELECT worker, COUNT(*) n FROM deliveries WHERE status = 'sent' GROUP BY worker) x",
+    );
+    assert!(
+        per_worker.starts_with("a=") && per_worker.contains(",b="),
+        "{per_worker}"
+    );
+    for part in per_worker.split(',') {
+        let (_, sent) = part.split_once('=').unwrap();
+        let sent: usize = sent.parse().unwrap();
+        assert!(
+            sent >= n / 3,
+            "each worker sends a fair share: {per_worker}"
+        );
+    }
+    let status = command(&["status", "hello"]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let workers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("worker "))
+        .collect();
+    assert_eq!(workers.len(), 2, "{text}");
+    for w in &workers {
+        assert!(
+            w.contains(", in flight 0, ") && w.contains("(finished "),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn worker_id_needs_postgresql() {
     let tmp = tempfile::tempdir().unwrap();
     project(tmp.path());

@@ -748,7 +748,7 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
                     None if live => "sending".into(),
                     None => format!("dead: silent since {}", format_time(w.heartbeat_at)),
                 };
-                let in_flight = if live {
+                let in_flight = if live || w.in_flight == 0 {
                     format!("in flight {}", w.in_flight)
                 } else {
                     held_by_gone += w.in_flight;

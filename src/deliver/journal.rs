@@ -591,10 +591,14 @@ impl Journal {
         let now = now_ms();
         let id = self.campaign.id;
         let err = |e| self.db.error("claim recipients", e);
-        let lock = match self.db {
-            Db::Sqlite(_) => "",
-            // Several senders on one PostgreSQL never claim the same row.
-            Db::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        // Several senders on one PostgreSQL never claim the same row (SKIP
+        // LOCKED). The candidates go through ARRAY(…), evaluated once: as
+        // `IN (SELECT … LIMIT n)` PostgreSQL may rescan the subquery for
+        // each row, and rows this statement already updated are skipped on
+        // the rescan, so one claim took the whole campaign.
+        let within = |select: &str| match self.db {
+            Db::Sqlite(_) => format!("email_key IN ({select})"),
+            Db::Postgres(_) => format!("email_key = ANY(ARRAY({select} FOR UPDATE SKIP LOCKED))"),
         };
         let candidates = [
             "SELECT email_key FROM deliveries WHERE campaign_id = $1 AND status = 'deferred' AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3",
@@ -612,9 +616,10 @@ impl Journal {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'skipped',
                          last_error = COALESCE((SELECT s.status FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active'), 'suppressed')
-                     WHERE campaign_id = $1 AND email_key IN ({select})
+                     WHERE campaign_id = $1 AND {}
                        AND (EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active')
-                            OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = deliveries.email_hash))"
+                            OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = deliveries.email_hash))",
+                    within(select)
                 )))
                 .bind(id)
                 .bind(now)
@@ -624,8 +629,9 @@ impl Journal {
                 .map_err(err)?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'sending', worker = $4
-                     WHERE campaign_id = $1 AND email_key IN ({select} {lock})
-                     RETURNING seq, email_key, email, first_name, last_name, attributes, attempts"
+                     WHERE campaign_id = $1 AND {}
+                     RETURNING seq, email_key, email, first_name, last_name, attributes, attempts",
+                    within(select)
                 )))
                 .bind(id)
                 .bind(now)

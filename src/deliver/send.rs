@@ -406,6 +406,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     let mut last_flush = Instant::now();
     let mut last_keep_alive = Instant::now();
     let mut released: Vec<String> = Vec::new();
+    let mut waiting_noted = false;
     stats.paced = opts.rate.is_some_and(|r| !r.is_unlimited());
 
     loop {
@@ -426,6 +427,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
             }
             let job = buffer.pop_front().expect("not empty");
             started_sends += 1;
+            waiting_noted = false;
             let shared = shared.clone();
             let queue = queue.clone();
             let stop = stop.clone();
@@ -485,25 +487,23 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
                 break;
             }
             let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
-            if !progress.quiet && wait > Duration::from_millis(500) {
+            if !progress.quiet && !waiting_noted && wait > Duration::from_millis(500) {
+                waiting_noted = true;
                 eprintln!(
-                    "waiting {} for deferred recipients, or for other workers' messages in flight (Ctrl-C stops; a rerun resumes)",
+                    "waiting up to {} for deferred recipients, or for other workers' messages in flight (Ctrl-C stops; a rerun resumes)",
                     human_duration(wait)
                 );
             }
-            // In steps, keeping the claim (or worker heartbeat) alive.
-            let deadline = tokio::time::Instant::now() + wait;
-            while tokio::time::Instant::now() < deadline && !*stop.borrow() {
-                let step = deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .min(Duration::from_secs(5));
-                tokio::select! {
-                    _ = tokio::time::sleep(step) => {}
-                    _ = stop.changed() => {}
-                }
-                queue.keep_alive().await?;
+            // A second at a time, then look again: another worker may
+            // finish its messages (or exit) well before the worst case.
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                _ = stop.changed() => {}
             }
-            last_keep_alive = Instant::now();
+            if last_keep_alive.elapsed() >= Duration::from_secs(5) {
+                queue.keep_alive().await?;
+                last_keep_alive = Instant::now();
+            }
             continue;
         }
 
