@@ -653,10 +653,10 @@ where
         Either::Typed(t) => Ok(t),
         Either::Str(s) => s.trim().parse().map_err(|e: T::Err| {
             let wanted = match std::any::type_name::<T>() {
-                "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number".to_string(),
-                "f32" | "f64" => "a number".to_string(),
-                "bool" => "true or false".to_string(),
-                _ => e.to_string(),
+                "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number",
+                "f32" | "f64" => "a number",
+                "bool" => "true or false",
+                _ => return serde::de::Error::custom(e),
             };
             serde::de::Error::custom(format!("expected {wanted}, found `{}`", s.trim()))
         }),
