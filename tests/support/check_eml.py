@@ -13,6 +13,11 @@ for path in sys.argv[1:]:
     parts = [p for p in msg.walk() if not p.is_multipart()]
     out[path] = {
         "defects": [repr(d) for d in msg.defects] + [repr(d) for p in parts for d in p.defects],
+        # Defects the parser found inside header values (raw UTF-8 in an
+        # address shows here, not in msg.defects).
+        "header_defects": sorted("%s: %s" % (k, type(d).__name__)
+                                 for k, v in msg.items() for d in getattr(v, "defects", ())),
+        "from_address": msg["From"].addresses[0].addr_spec if msg["From"] else None,
         "content_type": msg.get_content_type(),
         "parts": [p.get_content_type() for p in parts],
         "headers": sorted(set(k.lower() for k in msg.keys())),
