@@ -235,6 +235,11 @@ impl DkimSetup {
             .map_err(|why| DeliverError::Config(format!("the DKIM key {why}")))?;
         // lettre signs only From, Subject, To and Date by default; the
         // unsubscribe headers must be covered too, or a relay could alter them.
+        // Not Content-Type: lettre writes it with the body, after signing,
+        // so it would be named in h= without being hashed, and every
+        // verifier would fail the signature (dkimpy did). The body hash
+        // still covers the parts. A Reply-To named but absent is hashed as
+        // empty on both sides, and so cannot be added later.
         let headers = [
             "From",
             "To",
@@ -245,7 +250,6 @@ impl DkimSetup {
             "List-Unsubscribe",
             "List-Unsubscribe-Post",
             "List-Id",
-            "Content-Type",
             "MIME-Version",
         ]
         .into_iter()
