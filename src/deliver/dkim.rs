@@ -176,7 +176,7 @@ pub struct DkimSetup {
 
 impl DkimSetup {
     /// Reads `[dkim]` (and `TIDINGS_DKIM_PRIVATE_KEY`); `None` when DKIM is
-    /// off (no selector). `from_domain` is newsletter.from's domain.
+    /// off (no selector). The signing domain defaults to newsletter.from's.
     pub fn from_config(config: &Config) -> Result<Option<DkimSetup>, DeliverError> {
         let d = &config.dkim;
         if !d.enabled() {
