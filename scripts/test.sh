@@ -5,8 +5,9 @@
 #
 # 1. Installs what is missing (needs root, or sudo): from Debian's packages
 #    PostgreSQL, Postfix (only for its smtp-sink/smtp-source tools; the mail
-#    daemon is never started), Chromium, Python's aiosmtpd, Node.js + npm and
-#    /usr/bin/time; then the reference MJML compiler with `npm ci` into
+#    daemon is never started), Chromium, Python's aiosmtpd and dkimpy (the
+#    outside DKIM verifier), openssl (makes the DKIM test keys), Node.js + npm
+#    and /usr/bin/time; then the reference MJML compiler with `npm ci` into
 #    bench/node_modules (git-ignored, pinned by bench/package-lock.json).
 # 2. Starts a throwaway PostgreSQL cluster (temp folder, 127.0.0.1, a free
 #    port, trust auth), stopped and removed on exit.
@@ -131,6 +132,8 @@ missing=()
 # the templates ask for: layout and screenshots as in a mail client.
 installed fonts-liberation || missing+=(fonts-liberation)
 installed python3-aiosmtpd || missing+=(python3-aiosmtpd)
+installed python3-dkim || missing+=(python3-dkim)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ! command -v node >/dev/null 2>&1; then
 	missing+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
@@ -139,7 +142,7 @@ fi
 [ -x /usr/bin/time ] || missing+=(time)
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "all present: PostgreSQL, smtp-sink/smtp-source, Chromium, aiosmtpd, Node.js, npm, time"
+	echo "all present: PostgreSQL, smtp-sink/smtp-source, Chromium, aiosmtpd, dkimpy, openssl, Node.js, npm, time"
 else
 	echo "installing with apt: ${missing[*]}"
 	command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${missing[*]} yourself"
@@ -180,6 +183,8 @@ SMTP_SOURCE=$(smtp_tool smtp-source)
 command -v node >/dev/null 2>&1 || die "node not found after installing nodejs"
 command -v npm >/dev/null 2>&1 || die "npm not found after installing npm"
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || die "/usr/bin/python3 cannot import aiosmtpd after installing python3-aiosmtpd"
+/usr/bin/python3 -c 'import dkim' 2>/dev/null || die "/usr/bin/python3 cannot import dkim after installing python3-dkim"
+command -v openssl >/dev/null 2>&1 || die "openssl not found after installing openssl"
 echo "PostgreSQL: $PG_BIN; smtp-sink: $SMTP_SINK; Chromium: $(/usr/bin/chromium --version 2>/dev/null || echo '?'); Node.js: $(node --version)"
 phase_done
 
@@ -240,7 +245,7 @@ export TIDINGS_TEST_CHROMIUM=/usr/bin/chromium
 export TIDINGS_TEST_MJML_DIR=$ROOT/bench
 export TIDINGS_TEST_SMTP_SINK=$SMTP_SINK
 export TIDINGS_TEST_SMTP_SOURCE=$SMTP_SOURCE
-# Debian's Python, which has aiosmtpd (a python3 earlier in PATH may not).
+# Debian's Python, which has aiosmtpd and dkimpy (a python3 earlier in PATH may not).
 export TIDINGS_TEST_PYTHON=/usr/bin/python3
 printf '\n'
 env | grep '^TIDINGS_TEST_' | sort

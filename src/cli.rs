@@ -261,6 +261,7 @@ fn check(config: &Config, args: CheckArgs) -> Result<()> {
     let (_, fields) = load_recipients(config, &args.recipients, None, false)?;
     let mut diags = Diagnostics::default();
     render_issue(config, &args.issue, &fields, &mut diags)?;
+    check_dkim(config, &mut diags);
     print_diagnostics(&diags);
     if diags.has_errors() {
         return Err(Error::Problems(format!(
@@ -294,6 +295,50 @@ fn with_example_sender<'a>(
 
 /// The sender of previews and dry runs when none is configured.
 const EXAMPLE_SENDER: &str = "newsletter@example.org";
+
+/// With DKIM on: the key must load; prints the DNS record to publish for
+/// it, and whether the signing domain aligns with the sender's for DMARC.
+fn check_dkim(config: &Config, diags: &mut Diagnostics) {
+    use crate::deliver::dkim::{Alignment, DkimSetup, alignment, from_domain};
+    let setup = match DkimSetup::from_config(config) {
+        Ok(Some(setup)) => setup,
+        Ok(None) => return,
+        Err(e) => {
+            diags.push(Diagnostic::error(None, e.to_string()));
+            return;
+        }
+    };
+    println!(
+        "DKIM: publish this TXT record ({} key) where the domain's DNS is managed:",
+        setup.key.key_type().tag()
+    );
+    println!("  name:  {}", setup.record_name());
+    println!("  value: {}", setup.key.record_value());
+    let Some(from) = from_domain(config) else {
+        return;
+    };
+    let d = &setup.domain;
+    match alignment(d, &from) {
+        Alignment::Same => println!(
+            "DKIM: aligned: the signing domain is newsletter.from's domain ({from})"
+        ),
+        Alignment::Subdomain => println!(
+            "DKIM: aligned (relaxed): the signing domain {d} and newsletter.from's domain {from} are one organisation's"
+        ),
+        Alignment::SharedParent(parent) => diags.push(Diagnostic::warning(
+            None,
+            format!(
+                "DKIM: the signing domain {d} and newsletter.from's domain {from} align (relaxed) only if {parent} is the registered domain; to be sure, set dkim.domain = \"{from}\""
+            ),
+        )),
+        Alignment::None => diags.push(Diagnostic::warning(
+            None,
+            format!(
+                "DKIM: the signing domain {d} does not align with newsletter.from's domain {from}: DMARC will not count the signature; set dkim.domain = \"{from}\" (or a parent domain of it) and publish its record"
+            ),
+        )),
+    }
+}
 
 /// The unsubscribe signer: the real secret when set; a fixed preview-only
 /// key otherwise, since preview links are never meant to work.

@@ -549,6 +549,11 @@ impl Config {
             return n.list_id.clone();
         }
         let domain = sender_domain(&n.from).unwrap_or("localhost");
+        // A List-Id is ASCII (RFC 2919): an international domain as A-label.
+        let domain = match domain.is_ascii() {
+            true => domain.to_string(),
+            false => idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_string()),
+        };
         let slug: String = n
             .name
             .to_lowercase()

@@ -6,6 +6,7 @@
 //! `subscribers` supplying recipients and `cli` driving it all. `serve`
 //! answers the unsubscribe links and publishes sent issues.
 
+pub mod address;
 pub mod cli;
 pub mod config;
 pub mod content;

@@ -163,3 +163,93 @@ fn dry_run_writes_valid_mime_without_injected_headers() {
         "hello: not sent yet\n"
     );
 }
+
+/// Parses .eml files with tests/support/check_eml.py.
+fn check_eml(files: &[String]) -> serde_json::Value {
+    let py = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/check_eml.py"))
+        .args(files)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    serde_json::from_slice(&py.stdout).unwrap()
+}
+
+/// An international domain travels as its A-label (headers and envelope
+/// alike); a non-ASCII local part still gets its file, as an RFC 6532
+/// message with the address in UTF-8.
+#[test]
+fn international_addresses_in_a_dry_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    support::copy_fixture("minimal", dir);
+    let config = fs::read_to_string(dir.join("tidings.toml"))
+        .unwrap()
+        .replace("news@example.org", "news@bücher.example");
+    fs::write(dir.join("tidings.toml"), config).unwrap();
+    fs::write(
+        dir.join("list.csv"),
+        "email,first_name\nuser@bücher.example,Ute\njosé@bücher.example,José\n",
+    )
+    .unwrap();
+    let out = tidings(dir, &["subscribers", "import", "list.csv"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tidings(
+        dir,
+        &["send", "content/hello.md", "--dry-run", "--out", "dr"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: Vec<String> = fs::read_dir(dir.join("dr"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".eml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let parsed = check_eml(&files);
+    let (jose, user) = (&parsed[&files[0]], &parsed[&files[1]]);
+    assert_eq!(user["to_address"], "user@xn--bcher-kva.example");
+    assert_eq!(user["to"], "Ute <user@xn--bcher-kva.example>");
+    assert_eq!(user["from_address"], "news@xn--bcher-kva.example");
+    assert!(
+        user["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("@xn--bcher-kva.example>")
+    );
+    assert_eq!(user["defects"], serde_json::json!([]));
+    assert_eq!(user["header_defects"], serde_json::json!([]));
+    let raw = fs::read(&files[1]).unwrap();
+    let head = &raw[..raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap()];
+    assert!(head.is_ascii(), "{}", String::from_utf8_lossy(head));
+
+    // RFC 6532: the UTF-8 address as it is. Python's parser predates that
+    // RFC and flags it in the header alone, but reads the address right.
+    assert_eq!(jose["to_address"], "josé@xn--bcher-kva.example");
+    assert_eq!(jose["defects"], serde_json::json!([]));
+    for d in jose["header_defects"].as_array().unwrap() {
+        assert!(
+            d.as_str().unwrap().starts_with("To: "),
+            "{}",
+            jose["header_defects"]
+        );
+    }
+    let raw = String::from_utf8(fs::read(&files[0]).unwrap()).unwrap();
+    assert!(
+        raw.contains("\r\nTo: =?utf-8?b?Sm9zw6k=?= <josé@xn--bcher-kva.example>\r\n")
+            || raw.contains("\r\nTo: José <josé@xn--bcher-kva.example>\r\n"),
+        "{raw}"
+    );
+}

@@ -686,3 +686,99 @@ fn remove_erases_the_person_from_the_send_journal_too() {
         text(&out.stdout)
     );
 }
+
+/// What the server logged: (envelope recipients, To header) per message.
+fn received_messages(server: &FaultServer) -> Vec<(Vec<String>, String)> {
+    fs::read_to_string(&server.log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let rcpt = v["rcpt"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect();
+            (rcpt, v["to"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// An international domain goes out as its A-label in RCPT TO and To; a
+/// non-ASCII local part goes out with SMTPUTF8 where the server offers it,
+/// and is a permanent failure (not a bounce), saying why, where it does not.
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn international_addresses_over_smtp() {
+    for smtputf8 in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let server =
+            FaultServer::start_with(tmp.path(), if smtputf8 { &["--smtputf8"] } else { &[] });
+        let p = Project::new(server.port);
+        p.write(
+            "list.csv",
+            "email,first_name\nuser@bücher.example,Ute\njosé@bücher.example,José\n",
+        );
+        let out = p.run(&[
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "list.csv",
+            "--yes",
+            "--report",
+            "report.csv",
+        ]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let mut got = received_messages(&server);
+        got.sort();
+        let user = (
+            vec!["user@xn--bcher-kva.example".to_string()],
+            "Ute <user@xn--bcher-kva.example>".to_string(),
+        );
+        let rows = report(&p, "report.csv");
+        assert_eq!(rows["user@bücher.example"][1].to_string(), "sent");
+        let jose = &rows["josé@bücher.example"];
+        if smtputf8 {
+            assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+            let jose_msg = (
+                vec!["josé@xn--bcher-kva.example".to_string()],
+                "José <josé@xn--bcher-kva.example>".to_string(),
+            );
+            // lettre may encode the display name (RFC 2047): compare the address.
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_eq!(got[0].0, jose_msg.0);
+            assert!(
+                got[0].1.ends_with("<josé@xn--bcher-kva.example>"),
+                "{got:?}"
+            );
+            assert_eq!(got[1], user);
+            assert_eq!(jose[1].to_string(), "sent");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+            assert_eq!(got, [user]);
+            assert_eq!(jose[1].to_string(), "failed");
+            assert_eq!(jose[2].to_string(), "1", "permanent: not retried");
+            assert_eq!(
+                jose[4].to_string(),
+                "the address's local part is not ASCII and the server does not offer SMTPUTF8"
+            );
+            let status = text(&p.run(&["status", "content/hello.md"]).stdout);
+            assert!(status.contains("does not offer SMTPUTF8"), "{status}");
+            // Not a bounce: a later send to a server with SMTPUTF8 may reach them.
+            let out = p.run(&[
+                "send",
+                "content/hello.md",
+                "--subscribers",
+                "list.csv",
+                "--yes",
+                "--resend",
+            ]);
+            assert!(
+                !text(&out.stdout).contains("suppressed"),
+                "{}",
+                text(&out.stdout)
+            );
+        }
+    }
+}

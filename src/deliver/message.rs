@@ -8,10 +8,12 @@ use lettre::address::Envelope;
 use lettre::message::header::{self, ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 
+use super::dkim::DkimSetup;
 use super::mime::{EncodedPart, header_line};
 use super::unsubscribe::Signer;
 use super::{DeliverError, Outgoing};
-use crate::config::{Config, sender_domain};
+use crate::address::EmailAddress;
+use crate::config::Config;
 use crate::render::RenderedIssue;
 use crate::render::personalise::{Escape, header_safe};
 use crate::subscribers::{Recipient, RecipientFields};
@@ -65,7 +67,7 @@ impl MessageFactory {
                 n.name
             )));
         }
-        let from = Mailbox::from_str(n.from.trim()).map_err(|e| {
+        let from = config_mailbox(n.from.trim()).map_err(|e| {
             DeliverError::Config(format!(
                 "{origin}: newsletter.from `{}` is not a valid sender ({e}): write `Name <address@domain>`",
                 n.from
@@ -73,21 +75,21 @@ impl MessageFactory {
         })?;
         let reply_to = match n.reply_to.trim() {
             "" => None,
-            r => Some(Mailbox::from_str(r).map_err(|e| {
+            r => Some(config_mailbox(r).map_err(|e| {
                 DeliverError::Config(format!(
                     "{origin}: newsletter.reply_to `{r}` is not a valid address ({e})"
                 ))
             })?),
         };
-        let domain = sender_domain(&n.from).unwrap_or("localhost").to_string();
+        // The A-label form: it goes into Message-IDs and the DKIM d= tag.
+        let domain = from.email.domain().to_string();
         let unsubscribe_mailto = match n.unsubscribe_mailto.trim() {
             "" => None,
             m => Some(m.strip_prefix("mailto:").unwrap_or(m).to_string()),
         };
-        let dkim = if config.dkim.enabled() {
-            Some(dkim_config(config, &domain, &origin)?)
-        } else {
-            None
+        let dkim = match DkimSetup::from_config(config)? {
+            Some(setup) => Some(setup.signing_config()?),
+            None => None,
         };
         let list_id = config.list_id();
         // "=_" cannot occur in quoted-printable text, so the boundary cannot
@@ -147,7 +149,7 @@ impl MessageFactory {
         if self.dkim.is_some() {
             return self.build_with_lettre(r);
         }
-        let address = parse_address(&r.email)?;
+        let address = parse_address(&r.email)?.wire().clone();
         let unsubscribe_url = self.signer.url(&self.issue.slug, &r.email);
         let fields = RecipientFields::new(r, &unsubscribe_url);
         let to = self.to_mailbox(r, address.clone());
@@ -210,7 +212,7 @@ impl MessageFactory {
     /// The same message through lettre's builder, which can DKIM-sign it.
     pub(crate) fn build_with_lettre(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
         let issue = &self.issue;
-        let address = parse_address(&r.email)?;
+        let address = parse_address(&r.email)?.wire().clone();
         let unsubscribe_url = self.signer.url(&issue.slug, &r.email);
         let fields = RecipientFields::new(r, &unsubscribe_url);
         let content = issue.personalise(&fields);
@@ -260,86 +262,20 @@ fn text_part(body: String, content_type: ContentType) -> SinglePart {
     SinglePart::builder().header(content_type).body(body)
 }
 
-/// A recipient address lettre accepts (it is stricter than most validators
-/// and handles international domains).
-pub fn parse_address(email: &str) -> Result<Address, BuildError> {
-    Address::from_str(email.trim()).map_err(|e| BuildError::Address {
+/// A recipient address, checked; its `wire()` form (A-label domain) is
+/// what the envelope and the `To` header carry.
+pub fn parse_address(email: &str) -> Result<EmailAddress, BuildError> {
+    EmailAddress::parse(email).map_err(|e| BuildError::Address {
         address: email.to_string(),
         reason: e.to_string(),
     })
 }
 
-fn dkim_config(
-    config: &Config,
-    from_domain: &str,
-    origin: &str,
-) -> Result<lettre::message::dkim::DkimConfig, DeliverError> {
-    use lettre::message::dkim::{
-        DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
-        DkimSigningKey,
-    };
-    let d = &config.dkim;
-    let key = match (&config.secrets.dkim_private_key, d.key_file.trim()) {
-        (Some(k), _) => k.expose().to_string(),
-        (None, "") => {
-            return Err(DeliverError::Config(format!(
-                "{origin}: dkim.selector is set but there is no key: set dkim.key_file or TIDINGS_DKIM_PRIVATE_KEY"
-            )));
-        }
-        (None, path) => {
-            let path = config.base_dir().join(path);
-            std::fs::read_to_string(&path).map_err(|e| {
-                DeliverError::Config(format!(
-                    "{origin}: cannot read dkim.key_file {}: {e}",
-                    path.display()
-                ))
-            })?
-        }
-    };
-    let (algorithm, key_text) = if key.contains("BEGIN RSA PRIVATE KEY") {
-        (DkimSigningAlgorithm::Rsa, key.as_str())
-    } else if key.contains("BEGIN") {
-        return Err(DeliverError::Config(format!(
-            "{origin}: the DKIM key must be an RSA key in PKCS#1 PEM (BEGIN RSA PRIVATE KEY) or a base64 Ed25519 seed; convert with `openssl rsa -traditional`"
-        )));
-    } else {
-        (DkimSigningAlgorithm::Ed25519, key.trim())
-    };
-    let signing_key = DkimSigningKey::new(key_text, algorithm)
-        .map_err(|e| DeliverError::Config(format!("{origin}: the DKIM key does not load: {e}")))?;
-    let domain = if d.domain.trim().is_empty() {
-        from_domain.to_string()
-    } else {
-        d.domain.trim().to_string()
-    };
-    // lettre signs only From, Subject, To and Date by default; the
-    // unsubscribe headers must be covered too, or a relay could alter them.
-    let headers = [
-        "From",
-        "To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "Reply-To",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-        "List-Id",
-        "Content-Type",
-        "MIME-Version",
-    ]
-    .into_iter()
-    .map(HeaderName::new_from_ascii_str)
-    .collect();
-    Ok(DkimConfig::new(
-        d.selector.clone(),
-        domain,
-        signing_key,
-        headers,
-        DkimCanonicalization {
-            header: DkimCanonicalizationType::Relaxed,
-            body: DkimCanonicalizationType::Relaxed,
-        },
-    ))
+/// A `Name <address>` from the config, its domain in A-label form.
+fn config_mailbox(text: &str) -> Result<Mailbox, String> {
+    let mailbox = Mailbox::from_str(text).map_err(|e| e.to_string())?;
+    let address = EmailAddress::parse(mailbox.email.as_ref()).map_err(|e| e.to_string())?;
+    Ok(Mailbox::new(mailbox.name, address.wire().clone()))
 }
 
 // Headers lettre has no type for; it keys typed headers by a static
@@ -541,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pem_key_that_is_not_pkcs1_is_explained() {
+    fn a_key_that_does_not_load_is_explained() {
         let mut config =
             Config::parse(&format!("{CONFIG}[dkim]\nselector = \"s\"\n"), "t.toml").unwrap();
         config.secrets.dkim_private_key = Some(crate::config::Secret::new(
@@ -556,10 +492,12 @@ mod tests {
                 .unwrap()
         }) {
             Err(e) => e.to_string(),
-            Ok(_) => panic!("a PKCS#8 key was accepted"),
+            Ok(_) => panic!("a broken key was accepted"),
         };
-        assert!(err.contains("PKCS#1 PEM (BEGIN RSA PRIVATE KEY)"), "{err}");
-        assert!(err.contains("openssl rsa -traditional"), "{err}");
+        assert!(
+            err.contains("TIDINGS_DKIM_PRIVATE_KEY is not a readable PEM private key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the raw bytes (see lettre's `Transport`): the preview files, the dry run
 //! and SMTP therefore all see exactly the same message.
 
+pub mod dkim;
 pub mod file;
 pub mod journal;
 pub mod memory;

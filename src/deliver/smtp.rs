@@ -162,6 +162,10 @@ impl SmtpTransport {
                 self.park(conn);
                 Ok(())
             }
+            Err(e @ ClientError::Unsupported(_)) => {
+                self.park(conn);
+                Err(classify(&e))
+            }
             Err(e) => {
                 // A refused command leaves the session usable after RSET;
                 // anything else (network, protocol) and it is dropped.
@@ -251,6 +255,8 @@ pub fn classify(e: &ClientError) -> SendError {
         ClientError::Protocol(m) => {
             SendError::new(FailureKind::Transient, None, format!("protocol error: {m}"))
         }
+        // Permanent for this server, but not a bounce: the address is fine.
+        ClientError::Unsupported(m) => SendError::new(FailureKind::Permanent, None, m.clone()),
     }
 }
 

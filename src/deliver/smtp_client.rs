@@ -47,6 +47,10 @@ pub enum ClientError {
     Tls(String),
     /// The server said something that is not SMTP.
     Protocol(String),
+    /// This message cannot go through this server (an address that needs
+    /// SMTPUTF8, which it does not offer); nothing was sent, and the
+    /// connection stays usable.
+    Unsupported(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +74,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Network(m) => write!(f, "connection error: {m}"),
             ClientError::Tls(m) => write!(f, "TLS error: {m}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Unsupported(m) => f.write_str(m),
         }
     }
 }
@@ -362,7 +367,21 @@ impl Connection {
         to: &[String],
         content: &[u8],
     ) -> Result<Reply, ClientError> {
-        let utf8 = self.smtputf8 && (!from.is_ascii() || to.iter().any(|t| !t.is_ascii()));
+        // Domains arrive as A-labels: only a non-ASCII local part needs
+        // SMTPUTF8 (RFC 6531). Without it such an address cannot be carried
+        // at all, so this message fails here rather than reach the server
+        // as bytes it never agreed to take.
+        let utf8 = !from.is_ascii() || to.iter().any(|t| !t.is_ascii());
+        if utf8 && !self.smtputf8 {
+            let whose = if from.is_ascii() {
+                "the address's"
+            } else {
+                "the sender's (newsletter.from)"
+            };
+            return Err(ClientError::Unsupported(format!(
+                "{whose} local part is not ASCII and the server does not offer SMTPUTF8"
+            )));
+        }
         let mut mail = format!("MAIL FROM:<{from}>");
         if !content.is_ascii() && self.eight_bit {
             mail.push_str(" BODY=8BITMIME");
@@ -571,6 +590,64 @@ mod tests {
                 }
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_utf8_local_part_needs_smtputf8() {
+        // Without SMTPUTF8: refused before anything is sent; the next
+        // message on the same connection goes through.
+        let port = serve(vec![
+            ("EHLO", "250-test\r\n250 8BITMIME\r\n"),
+            ("MAIL FROM:<a@x.org>\r\n", "250 ok\r\n"),
+            ("RCPT TO:<b@x.org>", "250 ok\r\n"),
+            ("DATA", "354 go\r\n"),
+            (".", "250 queued\r\n"),
+        ])
+        .await;
+        let mut c = Connection::open("127.0.0.1", port, &Security::None, "me", None)
+            .await
+            .unwrap();
+        let err = c
+            .send(
+                "a@x.org",
+                &["josé@x.org".into()],
+                b"To: jos\xc3\xa9@x.org\r\n\r\nhi\r\n",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ClientError::Unsupported(
+                "the address's local part is not ASCII and the server does not offer SMTPUTF8"
+                    .into()
+            )
+        );
+        c.send("a@x.org", &["b@x.org".into()], b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .unwrap();
+
+        // With it: asked for on MAIL FROM, the address sent as UTF-8.
+        let port = serve(vec![
+            ("EHLO", "250-test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"),
+            (
+                "MAIL FROM:<a@x.org> BODY=8BITMIME SMTPUTF8\r\n",
+                "250 ok\r\n",
+            ),
+            ("RCPT TO:<josé@x.org>\r\n", "250 ok\r\n"),
+            ("DATA", "354 go\r\n"),
+            (".", "250 queued\r\n"),
+        ])
+        .await;
+        let mut c = Connection::open("127.0.0.1", port, &Security::None, "me", None)
+            .await
+            .unwrap();
+        c.send(
+            "a@x.org",
+            &["josé@x.org".into()],
+            b"To: jos\xc3\xa9@x.org\r\n\r\nhi\r\n",
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

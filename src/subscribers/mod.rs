@@ -50,12 +50,10 @@ impl Recipient {
     }
 }
 
-/// The key two addresses are compared by (`email_key` in the store):
-/// trimmed, and compared case-insensitively (the domain is case-insensitive
-/// by standard, and in practice every mailbox provider treats the local
-/// part the same way), so the whole address is lower-cased.
+/// The key two addresses are compared by (`email_key` in the store): see
+/// [`crate::address::normalise`].
 pub fn normalise_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    crate::address::normalise(email)
 }
 
 /// SHA-256 of the normalised address: the identity in unsubscribe links

@@ -7,13 +7,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::Recipient;
+use crate::address::EmailAddress;
 
 /// Longest name, attribute value or list name we accept: far beyond any real
 /// value, short enough that a garbled file (a missing quote swallowing the
 /// rest of the file into one field) is caught on the row where it starts.
 pub const MAX_FIELD_CHARS: usize = 1000;
-/// RFC 5321: a path is at most 256 octets including the angle brackets.
-pub const MAX_EMAIL_CHARS: usize = 254;
+pub use crate::address::MAX_EMAIL_CHARS;
 /// List names are short labels (`monthly`); they are also joined with `;`.
 pub const MAX_LIST_CHARS: usize = 100;
 /// Separates list names in the `lists` column of an export or import.
@@ -272,37 +272,9 @@ pub enum BounceOutcome {
 
 /// Checks an address; the error is the reason text of a skipped row.
 pub fn check_email(email: &str) -> Result<(), String> {
-    let email = email.trim();
-    if email.is_empty() {
-        return Err("empty email address".into());
-    }
-    if email.len() > MAX_EMAIL_CHARS && email.chars().count() > MAX_EMAIL_CHARS {
-        return Err(format!(
-            "email address is longer than {MAX_EMAIL_CHARS} characters"
-        ));
-    }
-    let invalid = |why: &str| format!("invalid email address {email:?}: {why}");
-    // The commonest faults first, in plainer words than the parser's.
-    match email.rsplit_once('@') {
-        None => return Err(invalid("no @")),
-        Some(("", _)) => return Err(invalid("nothing before the @")),
-        Some((_, "")) => return Err(invalid("nothing after the @")),
-        _ => {}
-    }
-    lettre::Address::from_str(email).map_err(|e| {
-        use lettre::address::AddressError as E;
-        // Our own words: stable across lettre versions, and lower-case to
-        // read as part of one sentence.
-        let why = match e {
-            E::MissingParts => "no local part or no domain",
-            E::Unbalanced => "unbalanced angle bracket",
-            E::InvalidUser => "invalid local part (before the @)",
-            E::InvalidDomain => "invalid domain",
-            _ => "invalid characters",
-        };
-        invalid(why)
-    })?;
-    Ok(())
+    EmailAddress::parse(email)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Checks a name (`single_line`) or attribute value.

@@ -48,6 +48,7 @@ suite!(
     unsubscribe_by_hash_and_resubscribe,
     export_import_round_trip,
     non_ascii_names_and_addresses,
+    u_and_a_label_domains_are_one_subscriber,
     second_import_is_idempotent,
     updates_are_counted_and_merged,
     recipients_stats_and_attribute_keys,
@@ -548,6 +549,49 @@ async fn non_ascii_names_and_addresses(ctx: &Ctx) {
     assert_eq!(asa.email_hash, email_hash_hex("åsa@bücher.example"));
     let (r, _) = import(s, &sample, options()).await;
     assert_eq!(r.unchanged, 10);
+}
+
+/// `bücher.example` and its A-label `xn--bcher-kva.example` are one domain:
+/// one subscriber, one hash for links and suppressions.
+async fn u_and_a_label_domains_are_one_subscriber(ctx: &Ctx) {
+    let s = &ctx.store;
+    let (r, _) = import(s, "email,first_name\nuser@bücher.example,Ute\n", options()).await;
+    assert_eq!(r, report(1, [1, 0, 0, 0, 0, 0, 0], true));
+    let (r, _) = import(
+        s,
+        "email,first_name,city\nUser@XN--BCHER-KVA.example,Ute,Berlin\n",
+        options(),
+    )
+    .await;
+    assert_eq!(r, report(1, [0, 1, 0, 0, 0, 0, 0], true));
+    let people = all(s).await;
+    assert_eq!(people.len(), 1, "{people:?}");
+    // As written by the latest import, like any other change of spelling.
+    assert_eq!(people[0].email, "User@XN--BCHER-KVA.example");
+    assert_eq!(people[0].email_key, "user@bücher.example");
+    assert_eq!(people[0].attributes["city"], "Berlin");
+    assert_eq!(
+        email_hash_hex("user@xn--bcher-kva.example"),
+        email_hash_hex("user@bücher.example")
+    );
+    // Both forms in one file: the second is a duplicate of the first.
+    let (r, skipped) = import(
+        s,
+        "email\nanna@xn--bcher-kva.example\nanna@bücher.example\n",
+        options(),
+    )
+    .await;
+    assert_eq!(r, report(2, [1, 0, 0, 0, 0, 0, 1], true));
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    // Unsubscribing either form reaches the person.
+    assert_eq!(
+        s.unsubscribe("user@xn--bcher-kva.example", "t")
+            .await
+            .unwrap(),
+        UnsubscribeOutcome::Unsubscribed
+    );
+    let ute = s.get("USER@bücher.example").await.unwrap().unwrap();
+    assert_eq!(ute.status, Status::Unsubscribed);
 }
 
 async fn second_import_is_idempotent(ctx: &Ctx) {

@@ -6,6 +6,16 @@ import email.policy
 import json
 import sys
 
+
+
+def text(value):
+    """Raw UTF-8 in a header (RFC 6532) comes back as surrogate escapes:
+    decode those bytes as the UTF-8 they are."""
+    if value is None:
+        return None
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 out = {}
 for path in sys.argv[1:]:
     with open(path, "rb") as f:
@@ -13,12 +23,17 @@ for path in sys.argv[1:]:
     parts = [p for p in msg.walk() if not p.is_multipart()]
     out[path] = {
         "defects": [repr(d) for d in msg.defects] + [repr(d) for p in parts for d in p.defects],
+        # Defects the parser found inside header values (raw UTF-8 in an
+        # address shows here, not in msg.defects).
+        "header_defects": sorted("%s: %s" % (k, type(d).__name__)
+                                 for k, v in msg.items() for d in getattr(v, "defects", ())),
+        "from_address": text(msg["From"].addresses[0].addr_spec) if msg["From"] else None,
         "content_type": msg.get_content_type(),
         "parts": [p.get_content_type() for p in parts],
         "headers": sorted(set(k.lower() for k in msg.keys())),
-        "to": str(msg["To"]),
-        "to_name": msg["To"].addresses[0].display_name if msg["To"] else None,
-        "to_address": msg["To"].addresses[0].addr_spec if msg["To"] else None,
+        "to": text(msg["To"]),
+        "to_name": text(msg["To"].addresses[0].display_name) if msg["To"] else None,
+        "to_address": text(msg["To"].addresses[0].addr_spec) if msg["To"] else None,
         "subject": str(msg["Subject"]),
         "list_unsubscribe": str(msg["List-Unsubscribe"]),
         "list_unsubscribe_post": str(msg["List-Unsubscribe-Post"]),

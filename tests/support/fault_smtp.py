@@ -10,7 +10,9 @@ The recipient's local part chooses the fault, on its first attempt only
   drop-*   the connection is dropped during DATA, without a reply
   hang-*   no reply to DATA for 30 s (the client must time out)
 Every accepted message is appended to --log as one JSON line:
-{"rcpt": [...], "message_id": "...", "bytes": N, "at": <Unix time, s>}.
+{"rcpt": [...], "message_id": "...", "to": "<To header>", "bytes": N,
+ "at": <Unix time, s>}.
+--smtputf8 offers SMTPUTF8 (RFC 6531); without it the server does not.
 Prints "READY <port>" when listening.
 """
 import argparse
@@ -58,15 +60,18 @@ class Handler:
                 await asyncio.sleep(30)
                 return "451 too late"
         message_id = ""
+        to = ""
         for line in envelope.content.split(b"\r\n"):
             if line.lower().startswith(b"message-id:"):
                 message_id = line.split(b":", 1)[1].strip().decode()
-                break
+            if line.lower().startswith(b"to:"):
+                to = line.split(b":", 1)[1].strip().decode("utf-8", "replace")
             if not line:
                 break
         with open(self.log, "a") as f:
             f.write(json.dumps({"rcpt": envelope.rcpt_tos, "message_id": message_id,
-                                "bytes": len(envelope.content), "at": time.time()}) + "\n")
+                                "to": to, "bytes": len(envelope.content),
+                                "at": time.time()}) + "\n")
         return "250 2.0.0 Queued"
 
 
@@ -76,6 +81,7 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--cert", help="PEM certificate: offer and require STARTTLS")
     p.add_argument("--key", help="PEM key for --cert")
+    p.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8")
     args = p.parse_args()
     import socket
     port = args.port
@@ -91,7 +97,8 @@ def main():
         context.load_cert_chain(args.cert, args.key)
         tls = {"tls_context": context, "require_starttls": True}
     controller = Controller(Handler(args.log), hostname="127.0.0.1", port=port,
-                            ready_timeout=10, decode_data=False, **tls)
+                            ready_timeout=10, decode_data=False,
+                            enable_SMTPUTF8=args.smtputf8, **tls)
     controller.start()
     print("READY %d" % port, flush=True)
     try:
