@@ -368,3 +368,102 @@ fn a_dry_run_mirrors_the_send() {
     assert!(summary.contains("\nmessages: 2\n"), "{summary}");
     assert_eq!(fs::read_to_string(dry.join("notes.txt")).unwrap(), "mine");
 }
+
+#[test]
+fn messages_a_person_can_act_on() {
+    let p = Project::new(1);
+    // A bad number from the environment names the variable.
+    let out = support::run(
+        p.command(&["check", "content/hello.md"])
+            .env("TIDINGS_SMTP_PORT", "abc"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: environment variable TIDINGS_SMTP_PORT: expected a whole number, found `abc`\n"
+    );
+
+    // `check` reads the store's fields but offers no option it lacks.
+    p.import(&["a@example.org"], "m");
+    let out = p.run(&["check", "content/hello.md"]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert!(!stderr(&out).contains("--subscriber"), "{}", stderr(&out));
+    // One row is one row.
+    fs::write(p.path("one.csv"), "email\nsolo@example.org\n").unwrap();
+    let out = p.run(&["subscribers", "import", "one.csv"]);
+    assert!(
+        stdout(&out).contains(": 1 row: 1 new, "),
+        "{}",
+        support::describe(&out)
+    );
+}
+
+#[test]
+fn a_project_without_a_config_file_previews() {
+    let dir = tempfile::tempdir().unwrap();
+    support::copy_fixture("minimal", dir.path());
+    fs::remove_file(dir.path().join("tidings.toml")).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        c.current_dir(dir.path())
+            .env_remove("TIDINGS_CONFIG")
+            .env_remove("TIDINGS_DATABASE_URL")
+            .env("TIDINGS_UNSUBSCRIBE_SECRET", "test-secret-0123456789")
+            .args(args);
+        support::run(&mut c, Duration::from_secs(60))
+    };
+    let out = run(&["preview", "content/hello.md", "--out", "prev"]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).contains("warning: newsletter.from is not set: this uses Newsletter <newsletter@example.org> as the sender; set it in tidings.toml before a real send\n"),
+        "{}",
+        stderr(&out)
+    );
+    let eml = fs::read_dir(dir.path().join("prev"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "eml"))
+        .expect("an .eml in the preview");
+    let text = fs::read_to_string(eml).unwrap();
+    assert!(
+        text.contains("From: Newsletter <newsletter@example.org>\r\n"),
+        "{text}"
+    );
+    // A real send still needs it.
+    let out = run(&[
+        "send",
+        "content/hello.md",
+        "--to",
+        "me@example.org",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: tidings.toml: newsletter.from is not set: add e.g. from = \"Newsletter <news@your-domain.org>\"\n"
+    );
+}
+
+#[test]
+fn serve_listens_on_a_host_name() {
+    use std::io::{BufRead, BufReader};
+    let p = Project::new(1);
+    let mut child = p
+        .command(&["serve", "--listen", "localhost:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("listening on http://127.0.0.1:")
+            || line.starts_with("listening on http://[::1]:"),
+        "{line}"
+    );
+}

@@ -202,9 +202,18 @@ impl DkimSetup {
                 (text, format!("dkim.key_file {}", path.display()))
             }
         };
-        let key = DkimKey::parse(&key).map_err(|why| err(format!("{source} {why}")))?;
-        key.signing_key()
-            .map_err(|why| err(format!("{source} {why}")))?;
+        // A key from the environment is not the config file's fault: name
+        // only the variable.
+        let from_env = config.secrets.dkim_private_key.is_some();
+        let key_err = |why: String| {
+            if from_env {
+                DeliverError::Config(format!("{source} {why}"))
+            } else {
+                err(format!("{source} {why}"))
+            }
+        };
+        let key = DkimKey::parse(&key).map_err(key_err)?;
+        key.signing_key().map_err(key_err)?;
         let domain = match d.domain.trim() {
             "" => from_domain(config).ok_or_else(|| {
                 err(

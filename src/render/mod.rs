@@ -169,6 +169,45 @@ impl Renderer {
         Ok(Renderer { tera, origins })
     }
 
+    /// A subscriber field went through a filter other than `default`, so
+    /// its placeholder cannot be filled in: says where, as the user wrote
+    /// it (the templates and the issue's subject are searched).
+    fn report_filtered_fields(&self, issue: &Issue, diags: &mut Diagnostics) {
+        const WHY: &str = "subscriber fields are filled in for each recipient after the issue is rendered, so they take no filter but `default(value=…)`";
+        let mut sources: Vec<(&str, &str)> = self
+            .origins
+            .values()
+            .map(|(origin, text)| (origin.as_str(), text.as_str()))
+            .collect();
+        sources.sort();
+        let issue_path = issue.path.display().to_string();
+        let mut found = false;
+        for (_, expr) in filtered_fields(&issue.meta.subject) {
+            found = true;
+            diags.push(Diagnostic::error(
+                Some(format!("{issue_path}: subject")),
+                format!("`{expr}`: {WHY}"),
+            ));
+        }
+        for (origin, text) in sources {
+            for (n, line) in text.lines().enumerate() {
+                for (column, expr) in filtered_fields(line) {
+                    found = true;
+                    diags.push(Diagnostic::error(
+                        Some(format!("{origin}:{}:{column}", n + 1)),
+                        format!("`{expr}`: {WHY}"),
+                    ));
+                }
+            }
+        }
+        if !found {
+            diags.push(Diagnostic::error(
+                Some(issue_path),
+                format!("a subscriber field is used with a filter: {WHY}"),
+            ));
+        }
+    }
+
     /// Renders and compiles `issue` once. Content and template findings go
     /// to `diags`; only what stops the render is an `Err`.
     pub fn render(
@@ -201,9 +240,12 @@ impl Renderer {
             .map_err(|e| template_error(&e, &self.origins))?;
         let subject = render_subject(&issue.meta.subject, &context, &issue.path)?;
 
-        let html = personalisable(html, "rendered HTML", diags);
-        let text = personalisable(text, "plain-text part", diags);
-        let subject = personalisable(subject, "subject", diags);
+        let (html, bad_html) = Personalisable::parse(html);
+        let (text, bad_text) = Personalisable::parse(text);
+        let (subject, bad_subject) = Personalisable::parse(subject);
+        if !(bad_html.is_empty() && bad_text.is_empty() && bad_subject.is_empty()) {
+            self.report_filtered_fields(issue, diags);
+        }
         if subject.source().trim().is_empty() {
             diags.push(Diagnostic::error(
                 Some(issue.path.display().to_string()),
@@ -253,21 +295,40 @@ fn content_urls(issue: &Issue) -> HashSet<String> {
     urls
 }
 
-fn personalisable(s: String, what: &str, diags: &mut Diagnostics) -> Personalisable {
-    let (p, bad) = Personalisable::parse(s);
-    for b in bad {
-        diags.push(Diagnostic::error(
-            Some(what.to_string()),
-            format!(
-                "`{}` is a subscriber field that cannot be filled in: subscriber fields take no filter but `default(value=…)`",
-                b.0
-            ),
-        ));
+/// `subscriber.FIELD | FILTER` with a filter other than `default`, on one
+/// line: (column, the expression as written).
+fn filtered_fields(line: &str) -> Vec<(usize, String)> {
+    const PREFIX: &str = "subscriber.";
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(found) = line[at..].find(PREFIX) {
+        let start = at + found;
+        let rest = &line[start + PREFIX.len()..];
+        let field_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let after = rest[field_len..].trim_start();
+        at = start + PREFIX.len() + field_len;
+        let Some(filter_part) = after.strip_prefix('|') else {
+            continue;
+        };
+        let filter_part = filter_part.trim_start();
+        let filter_len = filter_part
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(filter_part.len());
+        let filter = &filter_part[..filter_len];
+        if field_len > 0 && !filter.is_empty() && filter != "default" {
+            let column = line[..start].chars().count() + 1;
+            out.push((
+                column,
+                format!("subscriber.{} | {filter}", &rest[..field_len]),
+            ));
+        }
     }
-    p
+    out
 }
 
-/// `name` -> path of every template file under `dir`.
+/// `name` -> path of every template file under `dir`./// `name` -> path of every template file under `dir`.
 fn template_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, RenderError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
