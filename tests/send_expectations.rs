@@ -97,6 +97,42 @@ fn a_declined_send_fixes_nobody() {
     );
     let status = p.run(&["status", "content/hello.md"]);
     assert_eq!(stdout(&status), "hello: not sent yet\n");
+
+    // At a terminal (util-linux's `script` gives it one), answering `n`.
+    let mut tty = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} send content/hello.md", env!("CARGO_BIN_EXE_tidings")),
+            "/dev/null",
+        ])
+        .current_dir(p.dir.path())
+        .env("TIDINGS_SMTP_PORT", p.port.to_string())
+        .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+        .env("TIDINGS_UNSUBSCRIBE_SECRET", "test-secret-0123456789")
+        .env_remove("TIDINGS_CONFIG")
+        .env_remove("TIDINGS_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script");
+    // Answer once the question is on the terminal.
+    std::thread::sleep(Duration::from_millis(1500));
+    {
+        use std::io::Write;
+        let mut stdin = tty.stdin.take().unwrap();
+        stdin.write_all(b"n\n").unwrap();
+    }
+    let out = tty.wait_with_output().unwrap();
+    let screen = stdout(&out);
+    assert!(
+        screen.contains("to 3 recipients (all active subscribers)")
+            && screen.contains("[y/N] ")
+            && screen.contains("error: not sent"),
+        "{screen}"
+    );
+    let status = p.run(&["status", "content/hello.md"]);
+    assert_eq!(stdout(&status), "hello: not sent yet\n");
     assert_eq!(server.total(), 0);
 
     // Someone who joins before the real send is in it.
@@ -461,5 +497,43 @@ fn serve_listens_on_a_host_name() {
         line.starts_with("listening on http://127.0.0.1:")
             || line.starts_with("listening on http://[::1]:"),
         "{line}"
+    );
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn the_connection_pool_follows_the_concurrency_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    fs::write(
+        p.path("list.csv"),
+        support::email_csv((0..2000).map(|i| format!("c{i:04}@example.org"))),
+    )
+    .unwrap();
+    let out = support::run(
+        p.command(&[
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "list.csv",
+            "--yes",
+            "--quiet",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "16",
+        ])
+        .env("TIDINGS_SEND_CONCURRENCY", "4"),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", support::describe(&out));
+    let messages = server.messages();
+    assert_eq!(messages.len(), 2000);
+    let sessions: std::collections::BTreeSet<u64> = messages.iter().map(|m| m.peer).collect();
+    assert!(
+        sessions.len() <= 16,
+        "{} SMTP sessions for 2000 messages at --concurrency 16",
+        sessions.len()
     );
 }

@@ -239,7 +239,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         }
     };
 
-    let transport = SmtpTransport::new(config)?;
+    let transport = SmtpTransport::new(config)?.keep_idle(opts.concurrency);
     confirm(
         &args,
         &format!(
@@ -678,7 +678,7 @@ async fn test_send(
     opts: &SendOptions,
 ) -> Result<()> {
     let recipients = test_recipients(store, &args.to).await?;
-    let transport = SmtpTransport::new(config)?;
+    let transport = SmtpTransport::new(config)?.keep_idle(opts.concurrency);
     transport
         .check()
         .await

@@ -1,5 +1,5 @@
 //! The SMTP transport: a pool of connections of our own client (see
-//! `smtp_client` for why not lettre's), sized by `send.concurrency`.
+//! `smtp_client` for why not lettre's), sized by the run's concurrency.
 //! Concurrency itself is bounded by the send loop.
 
 use std::net::IpAddr;
@@ -110,6 +110,14 @@ impl SmtpTransport {
             idle: Mutex::new(Vec::new()),
             server: format!("{host}:{} ({mode})", smtp.port()),
         })
+    }
+
+    /// Keeps up to `n` idle connections: the run's effective concurrency
+    /// (e.g. `--concurrency 16`), or the extra workers would open and drop
+    /// a session per message.
+    pub fn keep_idle(mut self, n: usize) -> SmtpTransport {
+        self.max_idle = n.max(1);
+        self
     }
 
     async fn open(&self) -> Result<Connection, SendError> {

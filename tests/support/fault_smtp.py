@@ -11,7 +11,7 @@ The recipient's local part chooses the fault, on its first attempt only
   hang-*   no reply to DATA for 30 s (the client must time out)
 Every accepted message is appended to --log as one JSON line:
 {"rcpt": [...], "message_id": "...", "to": "<To header>", "bytes": N,
- "at": <Unix time, s>}.
+ "at": <Unix time, s>, "peer": <client port: one per SMTP session>}.
 --smtputf8 offers SMTPUTF8 (RFC 6531); without it the server does not.
 Prints "READY <port>" when listening.
 """
@@ -71,7 +71,7 @@ class Handler:
         with open(self.log, "a") as f:
             f.write(json.dumps({"rcpt": envelope.rcpt_tos, "message_id": message_id,
                                 "to": to, "bytes": len(envelope.content),
-                                "at": time.time()}) + "\n")
+                                "at": time.time(), "peer": session.peer[1]}) + "\n")
         return "250 2.0.0 Queued"
 
 

@@ -17,6 +17,8 @@ pub struct Received {
     pub rcpt: Vec<String>,
     /// Unix time, seconds.
     pub at: f64,
+    /// The client's port: one per SMTP session.
+    pub peer: u64,
 }
 
 impl FaultServer {
@@ -60,6 +62,7 @@ impl FaultServer {
                         .map(|r| r.as_str().unwrap().to_string())
                         .collect(),
                     at: v["at"].as_f64().unwrap_or_default(),
+                    peer: v["peer"].as_u64().unwrap_or_default(),
                 }
             })
             .collect()

@@ -457,7 +457,7 @@ impl Store {
             )
             .await?;
             let source = format!("after removal, decided by: {decided_by}");
-            tx.event(&hash, "readmitted", &source, &now).await?;
+            tx.event(&hash, "resubscribed", &source, &now).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
