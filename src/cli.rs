@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod init;
 mod send;
 mod serve;
 
@@ -21,10 +22,13 @@ use crate::render::{FieldSet, RenderedIssue, Renderer};
 use crate::subscribers::Recipient;
 use crate::{Error, Result};
 
+/// `tidings --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TIDINGS_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tidings",
-    version,
+    version = VERSION,
     about = "Newsletter publishing: a Markdown issue becomes a responsive email, previewed as files or sent through SMTP.",
     after_help = "Exit status: 0 success, 1 the job ran but found problems (check errors, failed recipients), 2 it could not run (bad config, input or database)."
 )]
@@ -52,6 +56,17 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write the sent issues as static HTML pages with an Atom feed
     Archive(serve::ArchiveArgs),
+    /// Start a new newsletter project: tidings.toml, a first issue, a sample list
+    Init(init::InitArgs),
+    /// Start the next issue: content/issue-N.md with today's date
+    New(init::NewArgs),
+    /// Print shell completions, e.g. tidings completions bash > /etc/bash_completion.d/tidings
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. tidings man > tidings.1
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +91,13 @@ pub struct PreviewArgs {
     /// Also write the intermediate MJML (<issue>.mjml) into the output folder
     #[arg(long)]
     pub emit_mjml: bool,
+    /// Serve the preview on a local web server and rebuild it on every save of
+    /// the issue, its templates or the config; the page reloads by itself
+    #[arg(long)]
+    pub watch: bool,
+    /// Where --watch serves (loopback by default; port 0 picks a free one)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1111", requires = "watch", value_parser = serve::parse_listen)]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -112,15 +134,46 @@ fn print_error(e: &Error) {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // These need no project.
+    match cli.command {
+        Command::Init(args) => return init::init(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "tidings", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            return clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|source| Error::Write {
+                    path: "standard output".into(),
+                    source,
+                });
+        }
+        _ => {}
+    }
+    if let Command::Preview(args) = cli.command {
+        if args.watch {
+            return preview_watch(cli.config, args);
+        }
+        let config = Config::load(cli.config.as_deref())?;
+        return preview(&config, args);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Preview(args) => preview(&config, args),
+        Command::Preview(_) => unreachable!("handled above"),
         Command::Check(args) => check(&config, args),
         Command::Send(args) => send::send(&config, args),
         Command::Status(args) => send::status(&config, args),
         Command::Subscribers(args) => crate::subscribers::cli::run(&config, args),
         Command::Serve(args) => serve::serve(config, args),
         Command::Archive(args) => serve::archive(&config, args),
+        Command::New(args) => init::new(&config, args),
+        Command::Init(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -356,7 +409,8 @@ fn preview_signer(config: &Config, diags: &mut Diagnostics) -> Signer {
     Signer::new(&secret, &config.newsletter.base_url)
 }
 
-fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
+/// Writes the preview gallery; the findings and the index page's path.
+fn preview_build(config: &Config, args: &PreviewArgs) -> Result<(Diagnostics, PathBuf, usize)> {
     let (mut recipients, fields) =
         load_recipients(config, &args.recipients, args.subscriber.as_deref(), true)?;
     if let Some(one) = &args.subscriber {
@@ -429,15 +483,15 @@ fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
     let index = transport
         .finish(&info)
         .map_err(|e| Error::Usage(e.message))?;
+    Ok((diags, index, transport.entries().len()))
+}
+
+fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
+    let (diags, index, n) = preview_build(config, &args)?;
     print_diagnostics(&diags);
     println!(
-        "wrote {} preview{} to {}",
-        transport.entries().len(),
-        if transport.entries().len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        "wrote {n} preview{} to {}",
+        if n == 1 { "" } else { "s" },
         index.display()
     );
     if diags.has_errors() {
@@ -448,6 +502,57 @@ fn preview(config: &Config, args: PreviewArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `preview --watch`: the gallery on a local server, rebuilt on each save.
+fn preview_watch(config_path: Option<PathBuf>, args: PreviewArgs) -> Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let project = project_dir(&config);
+    let slug = crate::content::slugify(
+        &args
+            .issue
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out/preview").join(&slug));
+    std::fs::create_dir_all(&out).map_err(|source| Error::Write {
+        path: out.clone(),
+        source,
+    })?;
+    // The issue's folder and the templates, with their subfolders, and
+    // the config file.
+    let folders = vec![
+        args.issue
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(PathBuf::from("."), Path::to_path_buf),
+        project.join("templates"),
+    ];
+    let files: Vec<PathBuf> = config.origin.iter().cloned().collect();
+    let last_findings = std::sync::Mutex::new(String::new());
+    let listen = args.listen;
+    let build = move || -> std::result::Result<(), String> {
+        let config = Config::load(config_path.as_deref()).map_err(|e| format!("error: {e}"))?;
+        match preview_build(&config, &args) {
+            Ok((diags, _, _)) if diags.has_errors() => Err(diags.to_string()),
+            Ok((diags, _, _)) => {
+                // Warnings once, not at every save.
+                let text = diags.to_string();
+                let mut last = last_findings.lock().unwrap();
+                if *last != text {
+                    eprint!("{text}");
+                    *last = text;
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("error: {e}")),
+        }
+    };
+    crate::serve::watch::run(Box::new(build), folders, files, out, listen)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

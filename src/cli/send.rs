@@ -582,6 +582,15 @@ async fn dry_run(
     for (who, e) in &stats.failures {
         eprintln!("failed: {who}: {}", e.message);
     }
+    if from_store && stats.sent + stats.failed == 0 {
+        let whom = match &args.list {
+            Some(l) => format!("no active subscribers on list `{l}`"),
+            None => "no active subscribers".into(),
+        };
+        return Err(Error::Problems(format!(
+            "the subscriber store ({store_name}) has {whom}, so the dry run wrote nothing: import the list with `tidings subscribers import FILE.csv`, or pass --subscribers FILE.csv (`tidings preview` uses subscribers/sample.csv)"
+        )));
+    }
     println!(
         "dry run: wrote {} message{} to {} ({:.0}/s); nothing was sent",
         stats.sent,
@@ -591,15 +600,6 @@ async fn dry_run(
     );
     if let Some(Stopped::Fatal(e)) = &stats.stopped {
         return Err(Error::Usage(e.message.clone()));
-    }
-    if from_store && stats.sent + stats.failed == 0 {
-        let whom = match &args.list {
-            Some(l) => format!("no active subscribers on list `{l}`"),
-            None => "no active subscribers".into(),
-        };
-        return Err(Error::Problems(format!(
-            "the subscriber store ({store_name}) has {whom}, so the dry run wrote nothing: import the list with `tidings subscribers import FILE.csv`, or pass --subscribers FILE.csv (`tidings preview` uses subscribers/sample.csv)"
-        )));
     }
     if stats.failed > 0 {
         return Err(Error::Problems(format!(

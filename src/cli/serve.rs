@@ -20,7 +20,7 @@ pub struct ServeArgs {
 
 /// `HOST:PORT` with an address or a name (`localhost:0`): names resolve
 /// now, to their first address.
-fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+pub(super) fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = s.parse() {
         return Ok(addr);

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod issues;
 pub mod pages;
 pub mod unsubscribe;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
