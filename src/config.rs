@@ -230,6 +230,10 @@ pub struct Send {
     pub pause_failure_ratio: f64,
     #[serde(deserialize_with = "lenient")]
     pub pause_min_attempts: u32,
+    /// A scheduled send (`--not-before`) that first starts later than this
+    /// after its time is refused (a machine that was off for a week must
+    /// not mail last week's announcement).
+    pub stale_after: Span,
 }
 
 impl Default for Send {
@@ -242,6 +246,7 @@ impl Default for Send {
             pause_after_failures: 10,
             pause_failure_ratio: 0.05,
             pause_min_attempts: 100,
+            stale_after: Span(Duration::from_secs(48 * 3600)),
         }
     }
 }
@@ -352,6 +357,57 @@ impl Serialize for Rate {
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A length of time as people write it: `90m`, `48h`, `2d` (or seconds,
+/// `30s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        match s {
+            _ if s % 86_400 == 0 && s > 0 => write!(f, "{}d", s / 86_400),
+            _ if s % 3600 == 0 && s > 0 => write!(f, "{}h", s / 3600),
+            _ if s % 60 == 0 && s > 0 => write!(f, "{}m", s / 60),
+            _ => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Span, String> {
+        let t = s.trim();
+        let help = "write a number and a unit, e.g. \"90m\", \"48h\" or \"2d\"";
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("invalid length of time `{s}`: {help}"))?;
+        let secs = match unit.trim() {
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(format!("invalid length of time `{s}`: {help}")),
+        };
+        Ok(Span(Duration::from_secs(n.saturating_mul(secs))))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }

@@ -64,6 +64,47 @@ pub struct SendArgs {
     /// different id on each machine, e.g. its hostname)
     #[arg(long, value_name = "ID", conflicts_with_all = ["dry_run", "to"])]
     pub worker_id: Option<String>,
+    /// Scheduled send: before this time, exit 0 without sending (for a timer
+    /// or cron that runs the command hourly), e.g. "2026-12-05 09:00" (local
+    /// time) or "2026-12-05T09:00:00+01:00"
+    #[arg(long, value_name = "TIME", value_parser = parse_when, conflicts_with_all = ["dry_run", "to"])]
+    pub not_before: Option<time::OffsetDateTime>,
+    /// Send a scheduled issue even if it first starts more than
+    /// send.stale_after after its --not-before time
+    #[arg(long, requires = "not_before")]
+    pub stale_ok: bool,
+}
+
+/// `--not-before`: RFC 3339, or a local date and time (`YYYY-MM-DD HH:MM`,
+/// seconds optional, `T` or a space between).
+fn parse_when(s: &str) -> std::result::Result<time::OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    let t = s.trim();
+    if let Ok(at) = time::OffsetDateTime::parse(t, &Rfc3339) {
+        return Ok(at);
+    }
+    let naive = t.replacen('T', " ", 1);
+    let formats = [
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]"),
+    ];
+    let local = formats
+        .iter()
+        .find_map(|f| time::PrimitiveDateTime::parse(&naive, f).ok())
+        .ok_or_else(|| {
+            format!("`{s}` is not a time: write \"2026-12-05 09:00\" (local time) or \"2026-12-05T09:00:00+01:00\"")
+        })?;
+    // Read while the process has one thread (the time crate refuses later).
+    let offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
+    Ok(local.assume_offset(offset))
+}
+
+/// `2026-12-05 09:00 +01:00`.
+fn show_when(at: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute] [offset_hour sign:mandatory]:[offset_minute]"
+    );
+    at.format(&f).unwrap_or_else(|_| at.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +187,18 @@ pub fn send(config: &Config, args: SendArgs) -> Result<()> {
 }
 
 async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
+    if let Some(at) = args.not_before {
+        let now = time::OffsetDateTime::now_utc();
+        if now < at {
+            println!(
+                "not sending yet: {} is scheduled for {} (in {}); nothing was written. Run the same command again after then (a timer or cron can run it hourly)",
+                args.issue.display(),
+                show_when(at),
+                human_duration(std::time::Duration::try_from(at - now).unwrap_or_default())
+            );
+            return Ok(());
+        }
+    }
     let store = Store::open(&config.database, &config.base_dir()).await?;
     let db = store.backend();
     if args.worker_id.is_some() && !matches!(db, Db::Postgres(_)) {
@@ -226,6 +279,19 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
             before.remaining()
         }
         None => {
+            // A scheduled send's first start, long after its time.
+            if let Some(at) = args.not_before {
+                let late = time::OffsetDateTime::now_utc() - at;
+                let limit = config.send.stale_after;
+                if !args.stale_ok && late > limit.0 {
+                    return Err(Error::Usage(format!(
+                        "{} was scheduled for {}, {} ago: more than send.stale_after ({limit}), so it is not sent now (a machine that was off must not mail an old announcement). Pass --stale-ok to send it anyway, or raise send.stale_after",
+                        args.issue.display(),
+                        show_when(at),
+                        human_duration(std::time::Duration::try_from(late).unwrap_or_default())
+                    )));
+                }
+            }
             let n = match &csv {
                 Some(c) => mailable_in_csv(&db, &c.recipients).await?,
                 None => store.audience_size(args.list.as_deref()).await?,
