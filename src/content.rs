@@ -19,14 +19,14 @@ pub const MAX_NESTING: usize = 100;
 
 /// Raw HTML elements refused in an issue (and dropped by the sanitiser).
 const FORBIDDEN_ELEMENTS: &[&str] = &[
-    "script", "iframe", "frame", "frameset", "object", "embed", "applet", "form", "base",
-    "meta", "link",
+    "script", "iframe", "frame", "frameset", "object", "embed", "applet", "form", "base", "meta",
+    "link",
 ];
 
 /// HTML elements that have no end tag.
 const VOID_ELEMENTS: &[&str] = &[
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-    "track", "wbr",
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr",
 ];
 
 /// A parsed issue, ready to render.
@@ -182,8 +182,7 @@ impl Issue {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let split = split_front_matter(text).map_err(|(line, m)| err(line, 1, m))?;
         let meta = parse_front_matter(split.front, split.front_line, origin, diags)?;
-        check_nesting(split.body, split.body_line)
-            .map_err(|(line, m)| err(line, 1, m))?;
+        check_nesting(split.body, split.body_line).map_err(|(line, m)| err(line, 1, m))?;
         let (intro, sections) = parse_body(split.body, split.body_line, origin, diags);
         if intro.is_empty() && sections.is_empty() {
             diags.push(Diagnostic::warning(
@@ -524,7 +523,8 @@ fn sanitise(html: &str) -> String {
 }
 
 fn fragment_only(url: &str) -> Option<std::borrow::Cow<'_, str>> {
-    url.starts_with('#').then_some(std::borrow::Cow::Borrowed(url))
+    url.starts_with('#')
+        .then_some(std::borrow::Cow::Borrowed(url))
 }
 
 fn has_raw_html(events: &[Event]) -> bool {

@@ -816,6 +816,63 @@ fn sent_issues_are_shown_generic_newest_first_and_drafts_are_not() {
     );
 }
 
+/// An issue sent and then edited into something hostile (lists nested
+/// 1,000 deep, a 10,000-column table): its page fails or renders, alone;
+/// the service answers everything else afterwards.
+#[test]
+fn a_hostile_issue_page_fails_alone_and_the_service_lives_on() {
+    let sink = start_sink();
+    let mut p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let hello = fs::read_to_string(p.path("content/hello.md")).unwrap();
+    p.write("content/deep.md", &hello);
+    p.write("content/wide.md", &hello);
+    p.send("deep", &sink);
+    p.send("wide", &sink);
+    let front = "---\ntitle: Edited\npreheader: p\n---\nIntro.\n\n";
+    let mut deep = front.to_string();
+    for i in 0..1000 {
+        deep.push_str(&"  ".repeat(i));
+        deep.push_str("- x\n");
+    }
+    deep.push_str(&format!(
+        "\n{}hi\n\n{}\n",
+        "> ".repeat(10_000),
+        "<div>".repeat(10_000)
+    ));
+    p.write("content/deep.md", &deep);
+    let mut wide = front.to_string();
+    for _ in 0..3 {
+        wide.push_str(&format!("|{}\n", "x|".repeat(10_000)));
+    }
+    p.write("content/wide.md", &wide);
+    let server = Server::start(&p);
+
+    for _ in 0..20 {
+        let r = server.get("/issues/deep");
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_security_headers(&r, "/issues/deep");
+        assert!(r.body.contains("This issue cannot be shown"), "{}", r.body);
+    }
+    for _ in 0..5 {
+        let r = server.get("/issues/wide");
+        assert!(matches!(r.status, 200 | 500), "{}", r.status);
+    }
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/issues/hello").status, 404);
+    let ana = p.link("deep", "ana@example.org");
+    assert_eq!(server.post(&ana, ONE_CLICK).status, 200);
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    let log = server.log();
+    assert!(
+        log.contains("content/deep.md:") && log.contains("nested 101 levels deep here"),
+        "{log}"
+    );
+    // Rendered once, not once per request: the failure is remembered until
+    // the file changes.
+    assert_eq!(log.matches("level=error").count(), 1, "{log}");
+}
+
 #[test]
 fn archive_writes_the_sent_issues_and_a_feed() {
     let sink = start_sink();
@@ -847,6 +904,20 @@ fn archive_writes_the_sent_issues_and_a_feed() {
     assert!(hello.contains(r#"href="../../unsubscribe/index.html""#));
     assert!(read("site/unsubscribe/index.html").contains("use the link in your email"));
     assert!(!p.path("site/issues/draft").exists(), "drafts stay out");
+    // Static hosts send no CSP header: every page carries the server's
+    // policy itself (frame-ancestors only works as a header).
+    let meta = r#"<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'">"#;
+    for page in [
+        "site/index.html",
+        "site/issues/hello/index.html",
+        "site/unsubscribe/index.html",
+    ] {
+        let html = read(page);
+        let at = html
+            .find(meta)
+            .unwrap_or_else(|| panic!("no CSP in {page}:\n{html}"));
+        assert!(at < html.find("</head>").unwrap(), "{page}: CSP in <head>");
+    }
 
     // The same pages as the server's, but for where links point.
     let server = Server::start(&p);
@@ -856,7 +927,7 @@ fn archive_writes_the_sent_issues_and_a_feed() {
             r#"href="/unsubscribe""#,
             r#"href="../../unsubscribe/index.html""#
         ),
-        hello
+        hello.replacen(meta, "", 1)
     );
 
     let feed = read("site/feed.xml");

@@ -48,6 +48,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// How long the list of sent issues is reused.
 const SENT_TTL: Duration = Duration::from_secs(10);
 
+/// The policy of every response; static archive pages carry it as a
+/// `<meta>` (where `frame-ancestors` is ignored, so it is left out there).
+pub const CSP_META: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'";
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'; frame-ancestors 'none'";
 
 /// What the handlers share.
@@ -163,6 +167,14 @@ fn unavailable(state: &Shared, what: &str, e: impl std::fmt::Display) -> Respons
     html(StatusCode::SERVICE_UNAVAILABLE, state.pages.unavailable())
 }
 
+fn page_failed(state: &Shared) -> Response {
+    html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        state.pages.page_failed("/issues/"),
+    )
+    .note(LogNote::outcome("page-failed"))
+}
+
 async fn index(State(state): State<AppState>) -> Response {
     match state.catalogue.published(&state.store).await {
         Ok((published, left_out)) => {
@@ -217,6 +229,12 @@ async fn issue(
     match state.catalogue.page(&state.store, &slug).await {
         Ok(Some((_, page))) => html(StatusCode::OK, page.to_string()),
         Ok(None) => not_found(State(state)).await,
+        // Logged when it happened; the same 500 until the file changes.
+        Err(issues::IssueError::FailedBefore(_)) => page_failed(&state),
+        Err(e) if e.is_page_failure() => {
+            log_error(&format!("issue {slug}: {e}"));
+            page_failed(&state)
+        }
         Err(e) => unavailable(&state, &format!("issue {slug}"), e),
     }
 }

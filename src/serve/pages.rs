@@ -241,6 +241,21 @@ impl Pages {
         })
     }
 
+    /// An issue whose page could not be rendered (the error is logged).
+    pub fn page_failed(&self, index: &str) -> String {
+        self.message(Message {
+            heading: "This issue cannot be shown".into(),
+            paragraphs: vec![
+                "Something in this issue could not be displayed. We have been told; other issues are not affected.".into(),
+            ],
+            form: None,
+            link: Some(Link {
+                href: index.into(),
+                label: "Past issues".into(),
+            }),
+        })
+    }
+
     pub fn too_large(&self) -> String {
         self.message(Message {
             heading: "This request is too large".into(),
