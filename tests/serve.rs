@@ -566,13 +566,14 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
     assert!(r.body.contains(r#"name="action" value="resubscribe""#));
     assert_eq!(p.status("ana@example.org"), "unsubscribed");
 
-    let r = server.post(&ana, "action=resubscribe");
+    let again = format!("action=resubscribe&csrf={}", csrf_of(&r.body));
+    let r = server.post(&ana, &again);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("You are subscribed again"), "{}", r.body);
     assert!(r.body.contains(r#"name="action" value="unsubscribe""#));
     assert_eq!(p.status("ana@example.org"), "active");
     // Twice is once.
-    assert_eq!(server.post(&ana, "action=resubscribe").status, 200);
+    assert_eq!(server.post(&ana, &again).status, 200);
 
     let ev = |e: &str, s: &str| (e.to_string(), s.to_string());
     assert_eq!(
@@ -587,8 +588,9 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
     // Someone who is not on the list (removed, or never added): a
     // one-click still records the wish; the page cannot resubscribe them.
     let nobody = p.link("hello", "nobody@example.org");
-    assert_eq!(server.post(&nobody, ONE_CLICK).status, 200);
-    let r = server.post(&nobody, "action=resubscribe");
+    let r = server.post(&nobody, ONE_CLICK);
+    assert_eq!(r.status, 200);
+    let r = server.post(&nobody, &format!("action=resubscribe&csrf={}", csrf_of(&r.body)));
     assert_eq!(r.status, 200);
     assert!(
         r.body.contains("We could not subscribe you again"),
@@ -596,6 +598,93 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
         r.body
     );
     assert!(!p.statuses().contains_key("nobody@example.org"));
+}
+
+/// The `csrf` field of a page's resubscribe form.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no csrf field in:\n{page}"));
+    let rest = &page[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// A forwarded email's link cannot be used to resubscribe someone from a
+/// script or another site, and never undoes what an administrator or a
+/// bounce decided.
+#[test]
+fn resubscribing_takes_a_same_origin_form_and_never_undoes_an_administrator() {
+    let p = Project::new();
+    p.add("ana@example.org", "Ana");
+    p.add("bob@example.org", "Bob");
+    let server = Server::start(&p);
+    let ana = p.link("hello", "ana@example.org");
+    let r = server.post(&ana, ONE_CLICK);
+    assert_eq!(r.status, 200);
+    let csrf = csrf_of(&r.body);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let refused = |r: &http::Response, what: &str| {
+        assert_eq!(r.status, 403, "{what}: {}", r.body);
+        assert!(
+            r.body.contains("This request was not accepted"),
+            "{what}: {}",
+            r.body
+        );
+        assert_private(r, what);
+    };
+    refused(&server.post(&ana, "action=resubscribe"), "no csrf field");
+    refused(
+        &server.post(&ana, "action=resubscribe&csrf=1.AAAAAAAAAAAAAAAAAAAAAA"),
+        "a forged csrf field",
+    );
+    let body = format!("action=resubscribe&csrf={csrf}");
+    let other = p.link("hello", "bob@example.org");
+    refused(&server.post(&other, &body), "another link's csrf field");
+    refused(
+        &http::request(&server.addr, "POST", &ana, &[("Content-Type", "text/plain")], body.as_bytes()),
+        "text/plain",
+    );
+    refused(
+        &http::request(
+            &server.addr,
+            "POST",
+            &ana,
+            &[form, ("Origin", "https://evil.example")],
+            body.as_bytes(),
+        ),
+        "another origin",
+    );
+    refused(
+        &http::request(
+            &server.addr,
+            "POST",
+            &ana,
+            &[form, ("Sec-Fetch-Site", "cross-site")],
+            body.as_bytes(),
+        ),
+        "a cross-site fetch",
+    );
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    let r = http::request(
+        &server.addr,
+        "POST",
+        &ana,
+        &[form, ("Origin", BASE_URL), ("Sec-Fetch-Site", "same-origin")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("You are subscribed again"), "{}", r.body);
+    assert_eq!(p.status("ana@example.org"), "active");
+
+    // An administrator's unsubscribe stands, whatever the form says.
+    p.run_ok(&["subscribers", "unsubscribe", "bob@example.org"]);
+    let r = server.post(&other, "action=unsubscribe");
+    assert_eq!(r.status, 200);
+    let r = server.post(&other, &format!("action=resubscribe&csrf={}", csrf_of(&r.body)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("We could not subscribe you again"), "{}", r.body);
+    assert_eq!(p.status("bob@example.org"), "unsubscribed");
+    assert!(server.log().contains("outcome=refused"), "{}", server.log());
 }
 
 #[test]

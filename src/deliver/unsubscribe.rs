@@ -19,6 +19,9 @@ const VERSION: &str = "v1";
 /// Truncated MAC length: 128 bits is far beyond guessing over HTTP.
 const MAC_LEN: usize = 16;
 
+/// How long the "Subscribe again" button of a page works.
+pub const FORM_TOKEN_MINUTES: u64 = 60;
+
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -73,6 +76,45 @@ impl Signer {
         let hash = B64.encode(email_hash(email));
         let tag = self.mac_of(issue, &hash).finalize().into_bytes();
         format!("{VERSION}.{issue}.{hash}.{}", B64.encode(&tag[..MAC_LEN]))
+    }
+
+    /// The hidden field of the page's "Subscribe again" form for `token`
+    /// at `minute` (Unix minutes): `<minute>.<base64url(hmac[..16])>`. It
+    /// proves the form came from our page for this very link, recently.
+    pub fn form_token(&self, token: &str, minute: u64) -> String {
+        let tag = self.form_mac(token, minute).finalize().into_bytes();
+        format!("{minute}.{}", B64.encode(&tag[..MAC_LEN]))
+    }
+
+    /// Whether `value` is a form token for `token` made in the last
+    /// [`FORM_TOKEN_MINUTES`] before `now_minute` (constant time).
+    pub fn verify_form_token(&self, token: &str, value: &str, now_minute: u64) -> bool {
+        let Some((minute, tag)) = value.split_once('.') else {
+            return false;
+        };
+        let Ok(minute) = minute.parse::<u64>() else {
+            return false;
+        };
+        if minute > now_minute + 1 || now_minute.saturating_sub(minute) > FORM_TOKEN_MINUTES {
+            return false;
+        }
+        let Ok(tag) = B64.decode(tag) else {
+            return false;
+        };
+        tag.len() == MAC_LEN
+            && self
+                .form_mac(token, minute)
+                .verify_truncated_left(&tag)
+                .is_ok()
+    }
+
+    fn form_mac(&self, token: &str, minute: u64) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(b"form|");
+        mac.update(token.as_bytes());
+        mac.update(b"|");
+        mac.update(minute.to_string().as_bytes());
+        mac
     }
 
     /// The full unsubscribe URL for one subscriber and issue.

@@ -60,6 +60,9 @@ pub struct Shared {
     store: Store,
     pages: Pages,
     catalogue: Catalogue,
+    /// `scheme://host[:port]` of `newsletter.base_url`: what a browser
+    /// sends as `Origin` from our own pages.
+    origin: String,
 }
 
 pub type AppState = Arc<Shared>;
@@ -70,14 +73,26 @@ impl Shared {
     pub async fn new(config: Config, signer: Signer) -> Result<Shared> {
         let store = Store::open(&config.database, &config.base_dir()).await?;
         let pages = Pages::new(&config.newsletter);
+        let origin = origin_of(&config.newsletter.base_url);
         let catalogue = Catalogue::new(Arc::new(config), Site::Live, SENT_TTL)?;
         Ok(Shared {
             signer,
             store,
             pages,
             catalogue,
+            origin,
         })
     }
+}
+
+/// `https://news.example.org/path` -> `https://news.example.org`.
+fn origin_of(base_url: &str) -> String {
+    let url = base_url.trim();
+    let host_start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[host_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| host_start + i);
+    url[..end].to_ascii_lowercase()
 }
 
 /// What a handler tells the access log besides the status: the issue of a
