@@ -198,7 +198,7 @@ fn plain_text_part_reads_well() {
         "Read the guide (https://example.org/guide) or mail help@example.org.\n- one point\n- another point\n\n",
         "    \"Small steps add up.\"\n\n## Second section\n\nThat is all.\n",
         "View in browser: https://news.example.org/issues/hello\n",
-        "Unsubscribe: https://news.example.org/u/v1.hello.",
+        "Unsubscribe: https://news.example.org/u/v2.hello.",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

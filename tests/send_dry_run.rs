@@ -137,7 +137,7 @@ fn dry_run_writes_valid_mime_without_injected_headers() {
         assert_eq!(m["subject"], "Hello Readers");
         assert_eq!(m["list_unsubscribe_post"], "List-Unsubscribe=One-Click");
         let lu = m["list_unsubscribe"].as_str().unwrap();
-        assert!(lu.starts_with("<mailto:unsubscribe@example.org?subject=unsubscribe>, <https://news.example.org/u/v1.hello."), "{lu}");
+        assert!(lu.starts_with("<mailto:unsubscribe@example.org?subject=unsubscribe>, <https://news.example.org/u/v2.hello."), "{lu}");
         assert!(m["message_id"].as_str().unwrap().ends_with("@example.org>"));
         assert!(m["html"].as_str().unwrap().contains("Small steps add up."));
     }

@@ -257,11 +257,7 @@ fn the_printed_rate_never_exceeds_the_set_rate() {
     let server = FaultServer::start(tmp.path());
     for (n, rate, set) in [(3, "5/s", 5.0), (12, "10/s", 10.0), (30, "40/s", 40.0)] {
         let p = Project::new(server.port);
-        fs::write(
-            p.path("list.csv"),
-            support::email_csv(addresses(n)),
-        )
-        .unwrap();
+        fs::write(p.path("list.csv"), support::email_csv(addresses(n))).unwrap();
         let out = p.run(&[
             "send",
             "content/hello.md",

@@ -474,6 +474,38 @@ fn one_click_unsubscribes_get_does_not_and_a_replay_is_harmless() {
     }
 }
 
+/// A link as messages sent before v2 tokens carried it (the plain
+/// SHA-256 of the address, MAC'd with the secret itself).
+fn v1_link(issue: &str, email: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let hash = b64.encode(Sha256::digest(email.as_bytes()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("v1|{issue}|{hash}").as_bytes());
+    let tag = mac.finalize().into_bytes();
+    format!("/u/v1.{issue}.{hash}.{}", b64.encode(&tag[..16]))
+}
+
+#[test]
+fn links_in_messages_sent_before_v2_tokens_still_unsubscribe() {
+    let p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let server = Server::start(&p);
+    let old = v1_link("hello", "ana@example.org");
+    assert_eq!(server.get(&old).status, 200);
+    let r = server.post(&old, ONE_CLICK);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    // New links name the same person without the hash.
+    let new = p.link("hello", "ana@example.org");
+    assert!(new.starts_with("/u/v2.hello."), "{new}");
+    assert!(!new.contains(old.split('.').nth(2).unwrap()), "{new}");
+    assert_eq!(server.post(&new, ONE_CLICK).status, 200);
+    assert!(server.log().contains("outcome=already"), "{}", server.log());
+}
+
 #[test]
 fn bad_tokens_get_the_same_400_and_change_nothing() {
     let p = Project::new();
@@ -495,10 +527,11 @@ fn bad_tokens_get_the_same_400_and_change_nothing() {
         token[..token.len() - 4].to_string(),
         token[..20].to_string(),
         "not-a-token".to_string(),
-        format!("v1.issue-18.{}.{}", parts[2], parts[3]),
-        format!("v1.hello.{bob_hash}.{}", parts[3]),
+        format!("v2.issue-18.{}.{}", parts[2], parts[3]),
+        format!("v2.hello.{bob_hash}.{}", parts[3]),
+        format!("v1.hello.{}.{}", parts[2], parts[3]),
         other_secret,
-        format!("v2.{}", &token[3..]),
+        format!("v3.{}", &token[3..]),
         "%FF%FE".to_string(),
         "a".repeat(3000),
         format!("{token}.x"),
@@ -590,7 +623,10 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
     let nobody = p.link("hello", "nobody@example.org");
     let r = server.post(&nobody, ONE_CLICK);
     assert_eq!(r.status, 200);
-    let r = server.post(&nobody, &format!("action=resubscribe&csrf={}", csrf_of(&r.body)));
+    let r = server.post(
+        &nobody,
+        &format!("action=resubscribe&csrf={}", csrf_of(&r.body)),
+    );
     assert_eq!(r.status, 200);
     assert!(
         r.body.contains("We could not subscribe you again"),
@@ -641,7 +677,13 @@ fn resubscribing_takes_a_same_origin_form_and_never_undoes_an_administrator() {
     let other = p.link("hello", "bob@example.org");
     refused(&server.post(&other, &body), "another link's csrf field");
     refused(
-        &http::request(&server.addr, "POST", &ana, &[("Content-Type", "text/plain")], body.as_bytes()),
+        &http::request(
+            &server.addr,
+            "POST",
+            &ana,
+            &[("Content-Type", "text/plain")],
+            body.as_bytes(),
+        ),
         "text/plain",
     );
     refused(
@@ -669,7 +711,11 @@ fn resubscribing_takes_a_same_origin_form_and_never_undoes_an_administrator() {
         &server.addr,
         "POST",
         &ana,
-        &[form, ("Origin", BASE_URL), ("Sec-Fetch-Site", "same-origin")],
+        &[
+            form,
+            ("Origin", BASE_URL),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
         body.as_bytes(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -680,9 +726,16 @@ fn resubscribing_takes_a_same_origin_form_and_never_undoes_an_administrator() {
     p.run_ok(&["subscribers", "unsubscribe", "bob@example.org"]);
     let r = server.post(&other, "action=unsubscribe");
     assert_eq!(r.status, 200);
-    let r = server.post(&other, &format!("action=resubscribe&csrf={}", csrf_of(&r.body)));
+    let r = server.post(
+        &other,
+        &format!("action=resubscribe&csrf={}", csrf_of(&r.body)),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("We could not subscribe you again"), "{}", r.body);
+    assert!(
+        r.body.contains("We could not subscribe you again"),
+        "{}",
+        r.body
+    );
     assert_eq!(p.status("bob@example.org"), "unsubscribed");
     assert!(server.log().contains("outcome=refused"), "{}", server.log());
 }
@@ -848,7 +901,7 @@ fn sent_issues_are_shown_generic_newest_first_and_drafts_are_not() {
             .contains("You receive this email because you subscribed"),
         "generic footer"
     );
-    for personal in ["ana@example.org", "Ana", "zoe@", "Zoë", "/u/v1."] {
+    for personal in ["ana@example.org", "Ana", "zoe@", "Zoë", "/u/v1.", "/u/v2."] {
         assert!(
             !r.body.contains(personal),
             "{personal:?} in the public page"
@@ -1109,7 +1162,7 @@ fn the_link_in_a_sent_message_unsubscribes_and_the_next_send_skips() {
         .find(|u| u.starts_with("https://"))
         .expect("an https link in List-Unsubscribe");
     let path = url.strip_prefix(BASE_URL).expect("on newsletter.base_url");
-    assert!(path.starts_with("/u/v1.hello."), "{url}");
+    assert!(path.starts_with("/u/v2.hello."), "{url}");
 
     let server = Server::start(&p);
     // The host is the test server's; the path is the message's.

@@ -56,9 +56,10 @@ fn unix_minute() -> u64 {
 fn deliberate(state: &AppState, token: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let urlencoded = header("content-type").is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        ct.split(';').next().is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
     });
     let same_origin = header("origin").is_none_or(|o| o == state.origin);
     let same_site = header("sec-fetch-site").is_none_or(|s| s == "same-origin" || s == "none");
