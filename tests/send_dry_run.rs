@@ -253,3 +253,44 @@ fn international_addresses_in_a_dry_run() {
         "{raw}"
     );
 }
+
+#[test]
+fn concurrency_flag_is_bounded_like_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    support::copy_fixture("minimal", dir);
+    for n in ["0", "100000"] {
+        let out = tidings(
+            dir,
+            &["send", "content/hello.md", "--dry-run", "--concurrency", n],
+        );
+        assert_eq!(out.status.code(), Some(2), "--concurrency {n}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "invalid value '{n}' for '--concurrency <N>': must be between 1 and 100"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_weak_unsubscribe_secret_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    support::copy_fixture("minimal", dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .current_dir(dir)
+        .env("TIDINGS_UNSUBSCRIBE_SECRET", "a".repeat(16))
+        .env_remove("TIDINGS_CONFIG")
+        .env_remove("TIDINGS_DATABASE_URL")
+        .args(["send", "content/hello.md", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: TIDINGS_UNSUBSCRIBE_SECRET is too weak: its 16 characters are only 1 different one; use at least 16 random characters, e.g. `openssl rand -hex 32`"
+    );
+}
