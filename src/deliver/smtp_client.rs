@@ -261,6 +261,11 @@ impl Connection {
     async fn ehlo(&mut self, hello: &str) -> Result<(), ClientError> {
         let reply = self.command(&format!("EHLO {hello}")).await?;
         if reply.code != 250 {
+            // An old or minimal server (RFC 5321 4.1.4): HELO, without
+            // extensions. If that fails too, EHLO's answer is the error.
+            if matches!(self.command(&format!("HELO {hello}")).await, Ok(r) if r.code == 250) {
+                return Ok(());
+            }
             return Err(ClientError::Reply {
                 stage: Stage::Ehlo,
                 reply,
@@ -505,7 +510,7 @@ pub fn escape_data(content: &[u8], out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -523,9 +528,17 @@ mod tests {
 
     /// A scripted server: answers each line it reads with the next reply.
     async fn serve(script: Vec<(&'static str, &'static str)>) -> u16 {
+        serve_checked(script).await.0
+    }
+
+    /// [`serve`], with the server's task: it fails (a panic) unless the
+    /// client said every line of the script.
+    pub(crate) async fn serve_checked(
+        script: Vec<(&'static str, &'static str)>,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (sock, _) = listener.accept().await.unwrap();
             let mut sock = BufReader::new(sock);
             sock.get_mut()
@@ -551,7 +564,55 @@ mod tests {
                 sock.get_mut().write_all(reply.as_bytes()).await.unwrap();
             }
         });
-        port
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_ehlo_gets_helo_and_quit() {
+        let (port, server) = serve_checked(vec![
+            ("EHLO me", "502 5.5.2 command not recognised\r\n"),
+            ("HELO me", "250 test\r\n"),
+            ("MAIL FROM:<a@x.org>", "250 ok\r\n"),
+            ("RCPT TO:<b@x.org>", "250 ok\r\n"),
+            ("DATA", "354 go\r\n"),
+            (".", "250 queued\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ])
+        .await;
+        let mut c = Connection::open("127.0.0.1", port, &Security::None, "me", None)
+            .await
+            .unwrap();
+        assert!(!c.pipelining && !c.eight_bit, "HELO offers no extensions");
+        let r = c
+            .send("a@x.org", &["b@x.org".into()], b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250);
+        c.quit().await;
+        server.await.expect("the server saw the whole script");
+    }
+
+    #[tokio::test]
+    async fn ehlo_and_helo_both_refused_is_the_ehlo_error() {
+        let port = serve(vec![
+            ("EHLO me", "554 5.7.1 go away\r\n"),
+            ("HELO me", "554 5.7.1 go away\r\n"),
+        ])
+        .await;
+        let err = Connection::open("127.0.0.1", port, &Security::None, "me", None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            ClientError::Reply {
+                stage: Stage::Ehlo,
+                reply: Reply {
+                    code: 554,
+                    lines: vec!["5.7.1 go away".into()]
+                }
+            }
+        );
     }
 
     #[tokio::test]
