@@ -303,6 +303,23 @@ fn undefined_template_variable_names_template_line_and_variable() {
 }
 
 #[test]
+fn a_template_that_loops_for_ever_is_stopped() {
+    let p = Project::from_fixture("minimal");
+    p.write(
+        "templates/email.txt",
+        "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% for k in range(end=100000) %}{{ issue.title }}{% endfor %}{% endfor %}{% endfor %}\n",
+    );
+    let start = std::time::Instant::now();
+    let out = p.run(&["check", "content/hello.md"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: templates/email.txt: rendering stopped: more than 2 MiB of output (a loop that never ends?); an email must stay under Gmail's 102 KB anyway\n"
+    );
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+}
+
+#[test]
 fn oversized_html_is_an_error() {
     let p = Project::from_fixture("minimal");
     let para = "This paragraph is long enough to fill the email quickly. ".repeat(40);
