@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -333,35 +335,7 @@ impl Connection {
     }
 
     async fn read_reply(&mut self) -> Result<Reply, ClientError> {
-        let mut lines = Vec::new();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = (&mut self.stream)
-                .take(MAX_LINE as u64)
-                .read_line(&mut line)
-                .await
-                .map_err(net)?;
-            if n == 0 {
-                return Err(ClientError::Network(
-                    "the server closed the connection".into(),
-                ));
-            }
-            let l = line.trim_end_matches(['\r', '\n']);
-            let code = l
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| ClientError::Protocol(format!("not an SMTP reply: {l:?}")))?;
-            lines.push(l.get(4..).unwrap_or("").to_string());
-            match l.as_bytes().get(3) {
-                Some(b'-') if lines.len() < MAX_LINES => continue,
-                Some(b'-') => {
-                    return Err(ClientError::Protocol("reply too long".into()));
-                }
-                _ => return Ok(Reply { code, lines }),
-            }
-        }
+        read_reply(&mut self.stream).await
     }
 
     /// One message: envelope (pipelined when offered), then the content.
@@ -473,6 +447,42 @@ impl Connection {
     /// QUIT, politely; errors do not matter any more.
     pub async fn quit(mut self) {
         let _ = self.command("QUIT").await;
+    }
+}
+
+/// One SMTP reply (RFC 5321 4.2), multi-line or not: bounded in line
+/// length and count; anything else is a protocol error, never a panic.
+pub(crate) async fn read_reply<R: AsyncBufRead + Unpin>(
+    stream: &mut R,
+) -> Result<Reply, ClientError> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut *stream)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+            .map_err(net)?;
+        if n == 0 {
+            return Err(ClientError::Network(
+                "the server closed the connection".into(),
+            ));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        let code = l
+            .get(..3)
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (200..600).contains(c))
+            .ok_or_else(|| ClientError::Protocol(format!("not an SMTP reply: {l:?}")))?;
+        lines.push(l.get(4..).unwrap_or("").to_string());
+        match l.as_bytes().get(3) {
+            Some(b'-') if lines.len() < MAX_LINES => continue,
+            Some(b'-') => {
+                return Err(ClientError::Protocol("reply too long".into()));
+            }
+            _ => return Ok(Reply { code, lines }),
+        }
     }
 }
 
@@ -751,5 +761,31 @@ pub(crate) mod tests {
             matches!(&err, ClientError::Reply { stage: Stage::StartTls, reply } if reply.code == 454),
             "{err}"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever a server sends, the reply parser answers (a reply or
+        /// an error) without a panic, and a valid reply reads back.
+        #[test]
+        fn any_server_bytes_parse_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            lines in proptest::collection::vec("[ -~]{0,40}", 1..5),
+            code in 200u16..600,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut input: &[u8] = &bytes;
+            let _ = rt.block_on(read_reply(&mut input));
+            let mut text = String::new();
+            for (i, l) in lines.iter().enumerate() {
+                let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+                text.push_str(&format!("{code}{sep}{l}\r\n"));
+            }
+            let mut input: &[u8] = text.as_bytes();
+            let reply = rt.block_on(read_reply(&mut input)).unwrap();
+            proptest::prop_assert_eq!(reply.code, code);
+            proptest::prop_assert_eq!(reply.lines, lines);
+        }
     }
 }
