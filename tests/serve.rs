@@ -1085,6 +1085,29 @@ fn archive_writes_the_sent_issues_and_a_feed() {
 }
 
 #[test]
+fn archive_leaves_out_an_issue_that_cannot_be_rendered_and_writes_the_rest() {
+    let sink = start_sink();
+    let mut p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let hello = fs::read_to_string(p.path("content/hello.md")).unwrap();
+    p.write("content/deep.md", &hello);
+    p.send("deep", &sink);
+    p.send("hello", &sink);
+    p.write(
+        "content/deep.md",
+        &format!("---\ntitle: Deep\n---\n{}x\n", "> ".repeat(5000)),
+    );
+    let out = p.run(&["archive", "--out", "site"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "warning: issue `deep`: content/deep.md:4:1: lists, quotes and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)\n"
+    );
+    assert!(p.path("site/issues/hello/index.html").exists());
+    assert!(!p.path("site/issues/deep").exists());
+}
+
+#[test]
 #[ignore = "needs Python (xml.etree): run scripts/test.sh"]
 fn archive_feed_is_well_formed_atom() {
     let python = support::require_env(support::ENV_PYTHON, "Python 3 (for xml.etree)");

@@ -75,7 +75,16 @@ pub async fn write_archive(config: &Config, out: &Path) -> Result<ArchiveReport>
     };
     for p in &published {
         let slug = &p.sent.slug;
-        match catalogue.page(&store, slug).await? {
+        // An issue whose page fails (its file, a template budget) is left
+        // out with the reason; the others are written.
+        let page = match catalogue.page(&store, slug).await {
+            Err(e) if e.is_page_failure() => {
+                report.left_out.push(format!("issue `{slug}`: {e}"));
+                continue;
+            }
+            other => other?,
+        };
+        match page {
             Some((_, html)) => {
                 write_page(&issue_path(out, slug), &html)?;
                 report.issues.push(slug.clone());
