@@ -707,6 +707,19 @@ fn resubscribing_takes_a_same_origin_form_and_never_undoes_an_administrator() {
         "a cross-site fetch",
     );
     assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    // The browser's Origin is the public one (behind the proxy) or, when it
+    // reached the service directly, the host it asked.
+    let direct = format!("http://{}", server.addr);
+    let r = http::request(
+        &server.addr,
+        "POST",
+        &ana,
+        &[form, ("Origin", &direct), ("Sec-Fetch-Site", "same-origin")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = server.post(&ana, ONE_CLICK);
+    let body = format!("action=resubscribe&csrf={}", csrf_of(&r.body));
     let r = http::request(
         &server.addr,
         "POST",

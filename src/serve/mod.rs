@@ -85,14 +85,39 @@ impl Shared {
     }
 }
 
-/// `https://news.example.org/path` -> `https://news.example.org`.
-fn origin_of(base_url: &str) -> String {
+/// `https://News.example.org:443/path` -> `https://news.example.org`, as
+/// a browser writes `Origin` (default ports left out).
+pub(crate) fn origin_of(base_url: &str) -> String {
     let url = base_url.trim();
     let host_start = url.find("://").map_or(0, |i| i + 3);
     let end = url[host_start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| host_start + i);
-    url[..end].to_ascii_lowercase()
+    let origin = url[..end].to_ascii_lowercase();
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if origin.starts_with(scheme)
+            && let Some(bare) = origin.strip_suffix(port)
+        {
+            return bare.to_string();
+        }
+    }
+    origin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_of;
+
+    #[test]
+    fn origins_are_what_browsers_send() {
+        assert_eq!(
+            origin_of("https://News.Example.org/n/"),
+            "https://news.example.org"
+        );
+        assert_eq!(origin_of("https://x.org:443"), "https://x.org");
+        assert_eq!(origin_of("http://x.org:80/"), "http://x.org");
+        assert_eq!(origin_of("https://x.org:8443/a?b"), "https://x.org:8443");
+    }
 }
 
 /// What a handler tells the access log besides the status: the issue of a

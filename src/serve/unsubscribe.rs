@@ -61,7 +61,16 @@ fn deliberate(state: &AppState, token: &str, headers: &HeaderMap, body: &[u8]) -
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
     });
-    let same_origin = header("origin").is_none_or(|o| o == state.origin);
+    // Our public origin (behind the proxy), or the host the browser
+    // asked (reached directly): either way not another site.
+    let same_origin = header("origin").is_none_or(|o| {
+        let o = super::origin_of(o);
+        o == state.origin
+            || header("host").is_some_and(|h| {
+                o.split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(h))
+            })
+    });
     let same_site = header("sec-fetch-site").is_none_or(|s| s == "same-origin" || s == "none");
     let csrf = form_urlencoded::parse(body)
         .find(|(k, _)| k == "csrf")
