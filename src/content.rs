@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::render::checks::raw_tags;
 
-/// How deeply lists, quotes and HTML elements may nest. Real issues stay
+/// How deeply lists, quotes, emphasis, links and HTML elements may nest
+/// (together). Real issues stay
 /// under ten; rendering recurses per level, so a paste gone wrong (1,000
 /// levels) must be refused here, before any later stage sees it.
 pub const MAX_NESTING: usize = 100;
@@ -409,7 +410,8 @@ pub fn slugify(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// Refuses a body whose lists, quotes and raw HTML elements nest deeper
+/// Refuses a body whose lists, quotes, inline markup and raw HTML elements
+/// nest deeper
 /// than [`MAX_NESTING`], with the line where it goes past. Iterative:
 /// a body of any depth is read without recursion.
 fn check_nesting(body: &str, first_line: usize) -> Result<(), (usize, String)> {
@@ -418,7 +420,7 @@ fn check_nesting(body: &str, first_line: usize) -> Result<(), (usize, String)> {
         Err((
             line,
             format!(
-                "lists, quotes and HTML elements are nested {} levels deep here; at most {MAX_NESTING} are allowed (a paste gone wrong?)",
+                "lists, quotes, emphasis, links and HTML elements are nested {} levels deep here; at most {MAX_NESTING} are allowed (a paste gone wrong?)",
                 MAX_NESTING + 1
             ),
         ))
@@ -427,10 +429,34 @@ fn check_nesting(body: &str, first_line: usize) -> Result<(), (usize, String)> {
     let mut elements = 0usize;
     for (event, range) in Parser::new_ext(body, markdown_options()).into_offset_iter() {
         match &event {
-            Event::Start(Tag::List(_) | Tag::BlockQuote(_) | Tag::FootnoteDefinition(_)) => {
+            // Containers and inline markup nest without bound; items,
+            // paragraphs, headings and table parts come one per container.
+            Event::Start(
+                Tag::List(_)
+                | Tag::BlockQuote(_)
+                | Tag::FootnoteDefinition(_)
+                | Tag::Emphasis
+                | Tag::Strong
+                | Tag::Strikethrough
+                | Tag::Superscript
+                | Tag::Subscript
+                | Tag::Link { .. }
+                | Tag::Image { .. },
+            ) => {
                 blocks += 1;
             }
-            Event::End(TagEnd::List(_) | TagEnd::BlockQuote(_) | TagEnd::FootnoteDefinition) => {
+            Event::End(
+                TagEnd::List(_)
+                | TagEnd::BlockQuote(_)
+                | TagEnd::FootnoteDefinition
+                | TagEnd::Emphasis
+                | TagEnd::Strong
+                | TagEnd::Strikethrough
+                | TagEnd::Superscript
+                | TagEnd::Subscript
+                | TagEnd::Link
+                | TagEnd::Image,
+            ) => {
                 blocks = blocks.saturating_sub(1);
             }
             Event::Html(html) | Event::InlineHtml(html) => {
@@ -987,17 +1013,27 @@ mod tests {
         }
         assert_eq!(
             err(&list),
-            "content/t.md:107:1: lists, quotes and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+            "content/t.md:107:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
         );
         let quotes = format!("---\ntitle: T\n---\n{}hi\n", "> ".repeat(5000));
         assert_eq!(
             err(&quotes),
-            "content/t.md:4:1: lists, quotes and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+            "content/t.md:4:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
         );
         let html = format!("---\ntitle: T\n---\nx\n\n{}\n", "<div>".repeat(200));
         assert_eq!(
             err(&html),
-            "content/t.md:6:1: lists, quotes and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+            "content/t.md:6:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+        );
+        // Inline nesting counts too: emphasis in emphasis in emphasis…
+        let emphasis = format!(
+            "---\ntitle: T\n---\nx\n\n{}b{}\n",
+            "*a ".repeat(5000),
+            "*".repeat(5000)
+        );
+        assert_eq!(
+            err(&emphasis),
+            "content/t.md:6:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
         );
         // 100 levels are fine, and a wide table is not deep.
         let ok = format!("---\ntitle: T\npreheader: p\n---\n{}hi\n", "> ".repeat(100));

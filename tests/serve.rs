@@ -1114,7 +1114,7 @@ fn archive_leaves_out_an_issue_that_cannot_be_rendered_and_writes_the_rest() {
     assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "warning: issue `deep`: content/deep.md:4:1: lists, quotes and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)\n"
+        "warning: issue `deep`: content/deep.md:4:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)\n"
     );
     assert!(p.path("site/issues/hello/index.html").exists());
     assert!(!p.path("site/issues/deep").exists());
