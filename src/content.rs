@@ -1039,10 +1039,12 @@ mod tests {
         let ok = format!("---\ntitle: T\npreheader: p\n---\n{}hi\n", "> ".repeat(100));
         assert!(parse(&ok).0.is_ok());
         let mut wide = String::from("---\ntitle: T\npreheader: p\n---\n");
-        for _ in 0..3 {
-            wide.push_str(&format!("|{}\n", "x|".repeat(10_000)));
+        for cell in ["x|", "-|", "x|"] {
+            wide.push_str(&format!("|{}\n", cell.repeat(10_000)));
         }
-        assert!(parse(&wide).0.is_ok());
+        let (issue, _) = parse(&wide);
+        let html = serde_json::to_string(&issue.unwrap().intro).unwrap();
+        assert!(html.contains("<table>"), "a table");
     }
 
     #[test]

@@ -70,10 +70,23 @@ proptest! {
 
     #[test]
     fn deep_nesting_of_any_kind_is_refused_quickly(
-        piece in prop_oneof![Just("> "), Just("- "), Just("<div>"), Just("<li><ul>")],
+        (open, close) in prop_oneof![
+            Just(("> ", "")),
+            Just(("- ", "")),
+            Just(("<div>", "")),
+            Just(("<li><ul>", "")),
+            Just(("*a ", "*")),
+            Just(("**a ", "**")),
+            Just(("![", "](https://x.org/a.png)")),
+            Just(("> - *a ", "*")),
+        ],
         depth in 101usize..3000,
     ) {
-        let text = format!("---\ntitle: T\n---\nx\n\n{}y\n", piece.repeat(depth));
+        let text = format!(
+            "---\ntitle: T\n---\nx\n\n{}y{}\n",
+            open.repeat(depth),
+            close.repeat(depth)
+        );
         let start = Instant::now();
         let err = Issue::parse(&text, "content/p.md", "p", &mut Diagnostics::default())
             .unwrap_err()

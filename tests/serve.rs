@@ -991,14 +991,16 @@ fn a_hostile_issue_page_fails_alone_and_the_service_lives_on() {
         deep.push_str("- x\n");
     }
     deep.push_str(&format!(
-        "\n{}hi\n\n{}\n",
+        "\n{}hi\n\n{}\n\n{}b{}\n",
         "> ".repeat(10_000),
-        "<div>".repeat(10_000)
+        "<div>".repeat(10_000),
+        "*a ".repeat(10_000),
+        "*".repeat(10_000)
     ));
     p.write("content/deep.md", &deep);
     let mut wide = front.to_string();
-    for _ in 0..3 {
-        wide.push_str(&format!("|{}\n", "x|".repeat(10_000)));
+    for cell in ["x|", "-|", "x|"] {
+        wide.push_str(&format!("|{}\n", cell.repeat(10_000)));
     }
     p.write("content/wide.md", &wide);
     let server = Server::start(&p);
