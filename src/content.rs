@@ -346,6 +346,15 @@ fn parse_front_matter(
         .unwrap_or_else(|| title.clone());
     // A line break would end the Subject header (or fold into another) and
     // breaks every page title: refused, not repaired.
+    // The subject is a template for subscriber fields only: tags (loops)
+    // would run in every render.
+    if subject.contains("{%") {
+        return Err(err(
+            key_line("subject"),
+            1,
+            "front matter: `subject` may use subscriber fields ({{ subscriber.first_name }}) but no {% … %} tags".into(),
+        ));
+    }
     for (key, value) in [("title", &title), ("subject", &subject)] {
         if value.contains(['\r', '\n']) {
             return Err(err(
@@ -1056,6 +1065,10 @@ mod tests {
         assert_eq!(
             err("---\ntitle: A\nsubject: |\n  one\n  two\n---\nx\n"),
             "content/t.md:3:1: front matter: `subject` contains a line break: write it on one line"
+        );
+        assert_eq!(
+            err("---\ntitle: A\nsubject: \"{% for i in range(end=9) %}x{% endfor %}\"\n---\nx\n"),
+            "content/t.md:3:1: front matter: `subject` may use subscriber fields ({{ subscriber.first_name }}) but no {% … %} tags"
         );
     }
 

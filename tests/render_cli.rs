@@ -320,6 +320,23 @@ fn a_template_that_loops_for_ever_is_stopped() {
 }
 
 #[test]
+fn a_template_that_loops_for_ever_silently_is_stopped_by_time() {
+    let p = Project::from_fixture("minimal");
+    p.write(
+        "templates/email.txt",
+        "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% for k in range(end=100000) %}{% endfor %}{% endfor %}{% endfor %}\n",
+    );
+    let start = std::time::Instant::now();
+    let out = p.run(&["check", "content/hello.md"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: templates/email.txt: rendering stopped: it took more than 5 s (a loop that never ends?)\n"
+    );
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+}
+
+#[test]
 fn oversized_html_is_an_error() {
     let p = Project::from_fixture("minimal");
     let para = "This paragraph is long enough to fill the email quickly. ".repeat(40);

@@ -8,6 +8,7 @@ pub mod plain;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tera::{Context, Kwargs, State, Tera, TeraResult, Value};
@@ -91,7 +92,7 @@ pub enum RenderError {
 /// at 102 KB), so only a runaway loop reaches it.
 pub const MAX_TEMPLATE_OUTPUT: usize = 2 * 1024 * 1024;
 /// How long one template may take to render (checked as it writes).
-pub const TEMPLATE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+pub const TEMPLATE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a template writes: refuses to grow past the output or time
 /// budget, which makes tera stop with an I/O error.
@@ -128,7 +129,8 @@ impl std::io::Write for Budget {
 
 /// Templates loaded once; renders any number of issues.
 pub struct Renderer {
-    tera: Tera,
+    /// Shared with the thread each template renders on.
+    tera: Arc<Tera>,
     /// Template name -> (where it came from, its text), for messages.
     origins: Origins,
 }
@@ -208,24 +210,66 @@ impl Renderer {
             .collect();
         tera.add_raw_templates(templates.iter().map(|(n, (t, _))| (n.as_str(), t.as_str())))
             .map_err(|e| template_error(&e, &origins))?;
-        Ok(Renderer { tera, origins })
+        Ok(Renderer {
+            tera: Arc::new(tera),
+            origins,
+        })
     }
 
     /// Renders one template within [`MAX_TEMPLATE_OUTPUT`] and
     /// [`TEMPLATE_TIME`].
+    /// A loop that writes is stopped by the writer; one that writes
+    /// nothing by the wait for its thread (which is left to finish alone:
+    /// tera cannot be interrupted).
     fn render_budgeted(&self, name: &str, context: &Context) -> Result<String, RenderError> {
-        let mut budget = Budget {
-            out: Vec::new(),
-            start: std::time::Instant::now(),
-            over: None,
-        };
-        let result = self.tera.render_to(name, context, &mut budget);
-        if let Some(why) = budget.over {
-            let origin = self
-                .origins
+        let origin = || {
+            self.origins
                 .get(name)
-                .map_or(name.to_string(), |(o, _)| o.clone());
-            return Err(RenderError::Budget { origin, why });
+                .map_or(name.to_string(), |(o, _)| o.clone())
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (tera, template, context) = (self.tera.clone(), name.to_string(), context.clone());
+        std::thread::Builder::new()
+            .name("template".into())
+            .spawn(move || {
+                let mut budget = Budget {
+                    out: Vec::new(),
+                    start: std::time::Instant::now(),
+                    over: None,
+                };
+                let result = tera.render_to(&template, &context, &mut budget);
+                let _ = tx.send((result, budget));
+            })
+            .map_err(|e| RenderError::Template {
+                location: origin(),
+                message: format!("cannot start a thread to render it: {e}"),
+                detail: String::new(),
+            })?;
+        let (result, budget) = match rx.recv_timeout(TEMPLATE_TIME) {
+            Ok(done) => done,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(RenderError::Budget {
+                    origin: origin(),
+                    why: format!(
+                        "it took more than {} s (a loop that never ends?)",
+                        TEMPLATE_TIME.as_secs()
+                    ),
+                });
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(RenderError::Template {
+                    location: origin(),
+                    message: "rendering it failed unexpectedly (a panic in the template engine)"
+                        .into(),
+                    detail: String::new(),
+                });
+            }
+        };
+        if let Some(why) = budget.over {
+            return Err(RenderError::Budget {
+                origin: origin(),
+                why,
+            });
         }
         result.map_err(|e| template_error(&e, &self.origins))?;
         String::from_utf8(budget.out).map_err(|e| RenderError::Template {

@@ -140,8 +140,9 @@ impl IssueError {
 /// descent in the compilers; the content stage bounds nesting, this is the
 /// margin)…
 const RENDER_STACK: usize = 32 * 1024 * 1024;
-/// …for at most this long (a request has 10 s in all)…
-pub const RENDER_TIMEOUT: Duration = Duration::from_secs(5);
+/// …for at most this long (a request has 10 s in all; each template has
+/// its own 5 s)…
+pub const RENDER_TIMEOUT: Duration = Duration::from_secs(8);
 /// …and at most this many at once (2 cores).
 const RENDERS_AT_ONCE: usize = 2;
 
