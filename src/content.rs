@@ -562,10 +562,22 @@ fn fragment_only(url: &str) -> Option<std::borrow::Cow<'_, str>> {
         .then_some(std::borrow::Cow::Borrowed(url))
 }
 
-fn has_raw_html(events: &[Event]) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, Event::Html(_) | Event::InlineHtml(_)))
+/// Whether a block must go through [`sanitise`]: it has raw HTML, or a
+/// link or image the checks refuse (a `javascript:` link must not reach a
+/// page even when nobody ran `check`).
+fn needs_sanitising(events: &[Event]) -> bool {
+    events.iter().any(|e| match e {
+        Event::Html(_) | Event::InlineHtml(_) => true,
+        Event::Start(Tag::Link {
+            dest_url,
+            link_type,
+            ..
+        }) => *link_type != LinkType::Email && !link_allowed(dest_url),
+        Event::Start(Tag::Image { dest_url, .. }) => {
+            !(dest_url.starts_with("https://") || dest_url.starts_with("http://"))
+        }
+        _ => false,
+    })
 }
 
 fn markdown_options() -> Options {
@@ -803,7 +815,7 @@ fn quote_block(inner: &[(Event, std::ops::Range<usize>)]) -> Block {
         }
     }
     let mut html = to_html(&body_events);
-    if has_raw_html(&body_events) {
+    if needs_sanitising(&body_events) {
         html = sanitise(&html);
     }
     let text = inline_text(
@@ -849,7 +861,7 @@ fn flush(run: &mut Vec<Event>, intro: &mut Vec<Block>, sections: &mut [Section])
         return;
     }
     let mut text_html = to_html(&flatten_autolinks(&events));
-    if has_raw_html(&events) {
+    if needs_sanitising(&events) {
         html = sanitise(&html);
         text_html = sanitise(&text_html);
     }
@@ -1102,6 +1114,18 @@ mod tests {
         for bad in ["<script", "onerror", "<iframe", "javascript:"] {
             assert!(!html.contains(bad), "{bad} in {html}");
         }
+        assert!(html.contains("https://ok.example"), "{html}");
+    }
+
+    #[test]
+    fn a_markdown_link_that_is_refused_does_not_reach_the_html_either() {
+        let (issue, d) = parse(
+            "---\ntitle: T\npreheader: p\n---\n[x](javascript:alert(1)) and [ok](https://ok.example) and ![pic](data:image/png;base64,AAAA)\n",
+        );
+        assert_eq!(d.errors().count(), 2, "{d}");
+        let html = serde_json::to_string(&issue.unwrap().intro).unwrap();
+        assert!(!html.contains("javascript:"), "{html}");
+        assert!(!html.contains("data:image"), "{html}");
         assert!(html.contains("https://ok.example"), "{html}");
     }
 }
