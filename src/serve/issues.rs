@@ -166,9 +166,15 @@ struct Entry {
     info: Option<Arc<IssueInfo>>,
     html: Option<Arc<str>>,
     /// Why the page could not be rendered: kept until the file changes,
-    /// so a broken issue is not rendered again on every request.
+    /// so a broken issue is not rendered again on every request…
     failed: Option<Arc<str>>,
+    /// …or, for a render that ran out of time (perhaps only a busy
+    /// machine), until then.
+    retry_at: Option<Instant>,
 }
+
+/// How long a page that ran out of time stays a 500 before another try.
+const RETRY_TIMED_OUT: Duration = Duration::from_secs(60);
 
 /// Sent issues and their pages, cached.
 pub struct Catalogue {
@@ -272,6 +278,7 @@ impl Catalogue {
         entries
             .get(slug)
             .filter(|e| e.mtime.is_some() && e.mtime == mtime)
+            .filter(|e| e.retry_at.is_none_or(|at| Instant::now() < at))
             .cloned()
     }
 
@@ -296,6 +303,7 @@ impl Catalogue {
                 info: Some(info.clone()),
                 html: None,
                 failed: None,
+                retry_at: None,
             },
         );
         Ok(Some(info))
@@ -415,12 +423,18 @@ impl Catalogue {
                 info: Some(info.clone()),
                 html: Some(html.clone()),
                 failed: None,
+                retry_at: None,
             },
             Err(e) if e.is_page_failure() => Entry {
                 mtime,
                 info: None,
                 html: None,
                 failed: Some(format!("issue {slug}: {e}").into()),
+                retry_at: matches!(
+                    e,
+                    IssueError::Interrupted(_) | IssueError::Render(RenderError::Budget { .. })
+                )
+                .then(|| Instant::now() + RETRY_TIMED_OUT),
             },
             Err(_) => return result.map(|_| None),
         };
