@@ -1030,6 +1030,51 @@ fn a_hostile_issue_page_fails_alone_and_the_service_lives_on() {
     assert_eq!(log.matches("level=error").count(), 1, "{log}");
 }
 
+/// A template override that never ends: the page gives up within the
+/// request's time and is a 500; everything else keeps answering.
+#[test]
+fn a_template_that_never_ends_fails_its_page_alone() {
+    let sink = start_sink();
+    let mut p = Project::new();
+    p.add("ana@example.org", "Ana");
+    p.send("hello", &sink);
+    p.write(
+        "templates/email.mjml",
+        "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% for k in range(end=100000) %}{% endfor %}{% endfor %}{% endfor %}",
+    );
+    let server = Server::start(&p);
+    let start = Instant::now();
+    let page = std::thread::scope(|s| {
+        let page = s.spawn(|| server.get("/issues/hello"));
+        std::thread::sleep(Duration::from_millis(500));
+        // While it spins: health and one-click still answer at once.
+        let t = Instant::now();
+        assert_eq!(server.get("/healthz").status, 200);
+        let ana = p.link("hello", "ana@example.org");
+        assert_eq!(server.post(&ana, ONE_CLICK).status, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        page.join().unwrap()
+    });
+    assert_eq!(page.status, 500, "{}", page.body);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        server
+            .log()
+            .contains("rendering stopped: it took more than 5 s (a loop that never ends?)"),
+        "{}",
+        server.log()
+    );
+    // Remembered: the next request does not wait again.
+    let t = Instant::now();
+    assert_eq!(server.get("/issues/hello").status, 500);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+}
+
 #[test]
 fn archive_writes_the_sent_issues_and_a_feed() {
     let sink = start_sink();
