@@ -644,8 +644,12 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     }
     let section = text[..line_start].lines().rev().find_map(|l| {
         let l = l.trim();
-        (l.starts_with('[') && !l.starts_with("[["))
-            .then(|| l.trim_matches(['[', ']']).trim().to_string())
+        match l.strip_prefix("[[") {
+            Some(array) => Some(format!("{}[]", array.trim_end_matches(']').trim())),
+            None => l
+                .starts_with('[')
+                .then(|| l.trim_matches(['[', ']']).trim().to_string()),
+        }
     });
     Some(match section {
         Some(s) => format!("{s}.{key}"),
@@ -957,6 +961,10 @@ mod tests {
         assert_eq!(
             parse_err("[smtp]\nport = [25]\n"),
             "t.toml:2:8: `smtp.port`: expected a whole number, found an array"
+        );
+        assert_eq!(
+            parse_err("[[newsletter.quick_links]]\nlabel = \"a\"\nurl = 5\n"),
+            "t.toml:3:7: `newsletter.quick_links[].url`: invalid type: integer `5`, expected a string"
         );
         assert_eq!(
             parse_err("[send]\nretry_base_secs = \"soon\"\n"),
