@@ -578,8 +578,8 @@ impl Config {
             origin: origin.to_string(),
             message,
         };
-        if self.send.concurrency == 0 {
-            return Err(err("send.concurrency must be at least 1".into()));
+        if let Err(e) = check_concurrency(self.send.concurrency) {
+            return Err(err(format!("send.concurrency {e}")));
         }
         if self.send.max_attempts == 0 {
             return Err(err("send.max_attempts must be at least 1".into()));
@@ -593,6 +593,18 @@ impl Config {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(err(format!(
                 "newsletter.base_url `{url}` must start with https:// (where `tidings serve` is reachable)"
+            )));
+        }
+        if !valid_base_url(url) {
+            return Err(err(format!(
+                "newsletter.base_url `{}` is not a valid absolute URL: write it as https://host[:port][/path], without spaces or quotes",
+                url.trim()
+            )));
+        }
+        let colour = &self.newsletter.accent_color;
+        if !valid_css_colour(colour) {
+            return Err(err(format!(
+                "newsletter.accent_color `{colour}` is not a CSS colour: write it as #rrggbb (e.g. #1f6f78), rgb(…) or a colour name"
             )));
         }
         Ok(())
@@ -659,6 +671,14 @@ fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
         message.push_str(&format!(
             "; the SMTP password is never read from the file: set {ENV_SMTP_PASSWORD}"
         ));
+    } else if message.contains("unknown key `unsubscribe_secret`") {
+        message.push_str(&format!(
+            "; the unsubscribe secret is never read from the file: set {ENV_UNSUBSCRIBE_SECRET}"
+        ));
+    } else if !message.starts_with("unknown key")
+        && let Some(key) = e.span().and_then(|s| key_at(text, s.start))
+    {
+        message = format!("`{key}`: {message}");
     }
     ConfigError::Invalid {
         origin: origin.to_string(),
@@ -666,6 +686,118 @@ fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
         column,
         message,
     }
+}
+
+/// The dotted key (`send.concurrency`) whose value is at byte `offset`:
+/// the line's key under the last `[section]` header above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        match l.strip_prefix("[[") {
+            Some(array) => Some(format!("{}[]", array.trim_end_matches(']').trim())),
+            None => l
+                .starts_with('[')
+                .then(|| l.trim_matches(['[', ']']).trim().to_string()),
+        }
+    });
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// The most SMTP connections (and messages in flight) at once: more only
+/// gets a sender throttled or blocked by the receiving servers.
+pub const MAX_CONCURRENCY: usize = 100;
+
+/// `--concurrency` and `send.concurrency`: 1 to [`MAX_CONCURRENCY`].
+pub fn check_concurrency(n: usize) -> Result<usize, String> {
+    if (1..=MAX_CONCURRENCY).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be between 1 and {MAX_CONCURRENCY}"))
+    }
+}
+
+/// Why an unsubscribe secret is not good enough, if it is not: at least
+/// 16 characters (not bytes), and not a few characters repeated.
+pub fn unsubscribe_secret_problem(secret: &str) -> Option<String> {
+    const HOW: &str = "use at least 16 random characters, e.g. `openssl rand -hex 32`";
+    let chars = secret.chars().count();
+    if chars < 16 {
+        return Some(format!(
+            "{ENV_UNSUBSCRIBE_SECRET} is too short ({chars} characters): {HOW}"
+        ));
+    }
+    let distinct = secret
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    // 16 random hex digits have about ten different ones; fewer than six is
+    // a pattern, not a secret.
+    if distinct < 6 {
+        let ones = if distinct == 1 { "one" } else { "ones" };
+        return Some(format!(
+            "{ENV_UNSUBSCRIBE_SECRET} is too weak: its {chars} characters are only {distinct} different {ones}; {HOW}"
+        ));
+    }
+    None
+}
+
+/// An absolute http(s) URL with a host, and nothing a link or header
+/// could trip on (spaces, controls, quotes, angle brackets).
+fn valid_base_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_name = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() {
+            h
+        } else {
+            host
+        }
+    });
+    !host_name.is_empty()
+        && host_name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
+        && !url.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '\\' | '`')
+        })
+}
+
+/// A CSS colour as templates put it in `style` attributes: `#rgb`,
+/// `#rrggbb` (with alpha too), a name, or `rgb()`/`hsl()` of numbers.
+fn valid_css_colour(c: &str) -> bool {
+    if let Some(hex) = c.strip_prefix('#') {
+        return matches!(hex.len(), 3 | 4 | 6 | 8) && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    if !c.is_empty() && c.len() <= 30 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return true;
+    }
+    let lower = c.to_ascii_lowercase();
+    ["rgb(", "rgba(", "hsl(", "hsla("].iter().any(|f| {
+        lower
+            .strip_prefix(f)
+            .and_then(|r| r.strip_suffix(')'))
+            .is_some_and(|args| {
+                !args.trim().is_empty()
+                    && args.chars().all(|ch| {
+                        ch.is_ascii_digit() || matches!(ch, ' ' | ',' | '.' | '%' | '/' | '-')
+                    })
+            })
+    })
 }
 
 /// 1-based line and column of a byte offset.
@@ -704,23 +836,38 @@ where
     T: FromStr + Deserialize<'de>,
     T::Err: fmt::Display,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either<T> {
-        Str(String),
-        Typed(T),
-    }
-    match Either::<T>::deserialize(d)? {
-        Either::Typed(t) => Ok(t),
-        Either::Str(s) => s.trim().parse().map_err(|e: T::Err| {
-            let wanted = match std::any::type_name::<T>() {
-                "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number",
-                "f32" | "f64" => "a number",
-                "bool" => "true or false",
-                _ => return serde::de::Error::custom(e),
-            };
-            serde::de::Error::custom(format!("expected {wanted}, found `{}`", s.trim()))
+    let wanted = match std::any::type_name::<T>() {
+        "u8" | "u16" | "u32" | "u64" | "usize" => Some("a whole number"),
+        "f32" | "f64" => Some("a number"),
+        "bool" => Some("true or false"),
+        _ => None,
+    };
+    // Read as a TOML value first (not an untagged enum, whose error says
+    // nothing of what was wrong), then say what was expected.
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => s.trim().parse().map_err(|e: T::Err| match wanted {
+            Some(wanted) => {
+                serde::de::Error::custom(format!("expected {wanted}, found `{}`", s.trim()))
+            }
+            None => serde::de::Error::custom(e),
         }),
+        value => {
+            let found = match &value {
+                toml::Value::Integer(i) => format!("an integer ({i})"),
+                toml::Value::Float(f) => format!("a float ({f})"),
+                toml::Value::Boolean(b) => format!("a boolean ({b})"),
+                toml::Value::Datetime(d) => format!("a date ({d})"),
+                toml::Value::Array(_) => "an array".to_string(),
+                toml::Value::Table(_) => "a table".to_string(),
+                toml::Value::String(_) => unreachable!("handled above"),
+            };
+            T::deserialize(value).map_err(|e| match wanted {
+                Some(wanted) => {
+                    serde::de::Error::custom(format!("expected {wanted}, found {found}"))
+                }
+                None => serde::de::Error::custom(e),
+            })
+        }
     }
 }
 
@@ -841,7 +988,10 @@ mod tests {
         let err = Config::parse("[send]\nrate = \"10/d\"\n", "t.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("t.toml:2:8: invalid rate"), "{err}");
+        assert!(
+            err.starts_with("t.toml:2:8: `send.rate`: invalid rate"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -852,5 +1002,141 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.list_id(), "Recovery Voices <recovery-voices.example.org>");
+    }
+
+    fn parse_err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_the_type() {
+        assert_eq!(
+            parse_err("[send]\nconcurrency = true\n"),
+            "t.toml:2:15: `send.concurrency`: expected a whole number, found a boolean (true)"
+        );
+        assert_eq!(
+            parse_err("[smtp]\nport = [25]\n"),
+            "t.toml:2:8: `smtp.port`: expected a whole number, found an array"
+        );
+        assert_eq!(
+            parse_err("[[newsletter.quick_links]]\nlabel = \"a\"\nurl = 5\n"),
+            "t.toml:3:7: `newsletter.quick_links[].url`: invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(
+            parse_err("[send]\nretry_base_secs = \"soon\"\n"),
+            "t.toml:2:19: `send.retry_base_secs`: expected a number, found `soon`"
+        );
+    }
+
+    #[test]
+    fn concurrency_has_bounds() {
+        assert_eq!(
+            parse_err("[send]\nconcurrency = 0\n"),
+            "t.toml: send.concurrency must be between 1 and 100"
+        );
+        assert_eq!(
+            parse_err("[send]\nconcurrency = 100000\n"),
+            "t.toml: send.concurrency must be between 1 and 100"
+        );
+        assert_eq!(
+            check_concurrency(0),
+            Err("must be between 1 and 100".to_string())
+        );
+        assert_eq!(check_concurrency(100), Ok(100));
+    }
+
+    #[test]
+    fn the_unsubscribe_secret_in_the_file_names_the_variable() {
+        assert_eq!(
+            parse_err("[newsletter]\nunsubscribe_secret = \"abc\"\n"),
+            "t.toml:2:1: unknown key `unsubscribe_secret`, expected one of `name`, `from`, `reply_to`, `postal_address`, `website`, `base_url`, `logo_url`, `logo_alt`, `phone`, `help_label`, `help_url`, `join_text`, `join_label`, `join_url`, `unsubscribe_mailto`, `list_id`, `quick_links`, `accent_color`; check the spelling or remove it; the unsubscribe secret is never read from the file: set TIDINGS_UNSUBSCRIBE_SECRET"
+        );
+        assert!(parse_err("unsubscribe_secret = \"abc\"\n").ends_with(
+            "the unsubscribe secret is never read from the file: set TIDINGS_UNSUBSCRIBE_SECRET"
+        ));
+    }
+
+    #[test]
+    fn weak_unsubscribe_secrets_are_refused() {
+        assert_eq!(
+            unsubscribe_secret_problem("aaaaaaaaaaaaaaaa"),
+            Some("TIDINGS_UNSUBSCRIBE_SECRET is too weak: its 16 characters are only 1 different one; use at least 16 random characters, e.g. `openssl rand -hex 32`".to_string())
+        );
+        assert_eq!(
+            unsubscribe_secret_problem("abababababababababab"),
+            Some("TIDINGS_UNSUBSCRIBE_SECRET is too weak: its 20 characters are only 2 different ones; use at least 16 random characters, e.g. `openssl rand -hex 32`".to_string())
+        );
+        // Characters, not bytes.
+        assert_eq!(
+            unsubscribe_secret_problem("ééééééé"),
+            Some("TIDINGS_UNSUBSCRIBE_SECRET is too short (7 characters): use at least 16 random characters, e.g. `openssl rand -hex 32`".to_string())
+        );
+        assert_eq!(unsubscribe_secret_problem("3f9c0a7be21d4e58"), None);
+    }
+
+    #[test]
+    fn base_url_must_be_a_valid_absolute_url() {
+        for bad in [
+            "https://news.example.org/a b",
+            "https:// news.example.org",
+            "https://",
+            "https:///path",
+            "https://news.example.org\t",
+            "https://news.example.org/\"><script>",
+        ] {
+            let text = format!(
+                "[newsletter]\nbase_url = {}\n",
+                toml::Value::String(bad.into())
+            );
+            assert_eq!(
+                parse_err(&text),
+                format!(
+                    "t.toml: newsletter.base_url `{}` is not a valid absolute URL: write it as https://host[:port][/path], without spaces or quotes",
+                    bad.trim()
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            Config::parse(
+                "[newsletter]\nbase_url = \"https://news.example.org:8443/n/\"\n",
+                "t"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn accent_color_must_be_a_css_colour() {
+        for bad in [
+            "red; background: url(https://x)",
+            "#12",
+            "#gggggg",
+            "\"></style>",
+            "rgb(1,2,3);x",
+        ] {
+            let text = format!(
+                "[newsletter]\naccent_color = {}\n",
+                toml::Value::String(bad.into())
+            );
+            assert_eq!(
+                parse_err(&text),
+                format!(
+                    "t.toml: newsletter.accent_color `{bad}` is not a CSS colour: write it as #rrggbb (e.g. #1f6f78), rgb(…) or a colour name"
+                ),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "#1f6f78",
+            "#FFF",
+            "#11223344",
+            "rebeccapurple",
+            "rgb(31, 111, 120)",
+            "hsl(185 59% 30%)",
+        ] {
+            let text = format!("[newsletter]\naccent_color = \"{good}\"\n");
+            assert!(Config::parse(&text, "t").is_ok(), "{good}");
+        }
     }
 }

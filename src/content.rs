@@ -10,6 +10,25 @@ use pulldown_cmark::{CowStr, Event, HeadingLevel, LinkType, Options, Parser, Tag
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::render::checks::raw_tags;
+
+/// How deeply lists, quotes, emphasis, links and HTML elements may nest
+/// (together). Real issues stay
+/// under ten; rendering recurses per level, so a paste gone wrong (1,000
+/// levels) must be refused here, before any later stage sees it.
+pub const MAX_NESTING: usize = 100;
+
+/// Raw HTML elements refused in an issue (and dropped by the sanitiser).
+const FORBIDDEN_ELEMENTS: &[&str] = &[
+    "script", "iframe", "frame", "frameset", "object", "embed", "applet", "form", "base", "meta",
+    "link",
+];
+
+/// HTML elements that have no end tag.
+const VOID_ELEMENTS: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr",
+];
 
 /// A parsed issue, ready to render.
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +183,7 @@ impl Issue {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let split = split_front_matter(text).map_err(|(line, m)| err(line, 1, m))?;
         let meta = parse_front_matter(split.front, split.front_line, origin, diags)?;
+        check_nesting(split.body, split.body_line).map_err(|(line, m)| err(line, 1, m))?;
         let (intro, sections) = parse_body(split.body, split.body_line, origin, diags);
         if intro.is_empty() && sections.is_empty() {
             diags.push(Diagnostic::warning(
@@ -324,6 +344,26 @@ fn parse_front_matter(
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| title.clone());
+    // A line break would end the Subject header (or fold into another) and
+    // breaks every page title: refused, not repaired.
+    // The subject is a template for subscriber fields only: tags (loops)
+    // would run in every render.
+    if subject.contains("{%") {
+        return Err(err(
+            key_line("subject"),
+            1,
+            "front matter: `subject` may use subscriber fields ({{ subscriber.first_name }}) but no {% … %} tags".into(),
+        ));
+    }
+    for (key, value) in [("title", &title), ("subject", &subject)] {
+        if value.contains(['\r', '\n']) {
+            return Err(err(
+                key_line(key),
+                1,
+                format!("front matter: `{key}` contains a line break: write it on one line"),
+            ));
+        }
+    }
     let preheader = raw.preheader.unwrap_or_default().trim().to_string();
     if preheader.is_empty() {
         diags.push(Diagnostic::warning(
@@ -377,6 +417,167 @@ pub fn slugify(s: &str) -> String {
         }
     }
     out.trim_matches('-').to_string()
+}
+
+/// Refuses a body whose lists, quotes, inline markup and raw HTML elements
+/// nest deeper
+/// than [`MAX_NESTING`], with the line where it goes past. Iterative:
+/// a body of any depth is read without recursion.
+fn check_nesting(body: &str, first_line: usize) -> Result<(), (usize, String)> {
+    let line_of = |offset: usize| first_line + body[..offset].matches('\n').count();
+    let too_deep = |line: usize| {
+        Err((
+            line,
+            format!(
+                "lists, quotes, emphasis, links and HTML elements are nested {} levels deep here; at most {MAX_NESTING} are allowed (a paste gone wrong?)",
+                MAX_NESTING + 1
+            ),
+        ))
+    };
+    let mut blocks = 0usize;
+    let mut elements = 0usize;
+    for (event, range) in Parser::new_ext(body, markdown_options()).into_offset_iter() {
+        match &event {
+            // Containers and inline markup nest without bound; items,
+            // paragraphs, headings and table parts come one per container.
+            Event::Start(
+                Tag::List(_)
+                | Tag::BlockQuote(_)
+                | Tag::FootnoteDefinition(_)
+                | Tag::Emphasis
+                | Tag::Strong
+                | Tag::Strikethrough
+                | Tag::Superscript
+                | Tag::Subscript
+                | Tag::Link { .. }
+                | Tag::Image { .. },
+            ) => {
+                blocks += 1;
+            }
+            Event::End(
+                TagEnd::List(_)
+                | TagEnd::BlockQuote(_)
+                | TagEnd::FootnoteDefinition
+                | TagEnd::Emphasis
+                | TagEnd::Strong
+                | TagEnd::Strikethrough
+                | TagEnd::Superscript
+                | TagEnd::Subscript
+                | TagEnd::Link
+                | TagEnd::Image,
+            ) => {
+                blocks = blocks.saturating_sub(1);
+            }
+            Event::Html(html) | Event::InlineHtml(html) => {
+                for tag in raw_tags(html) {
+                    if tag.closing {
+                        elements = elements.saturating_sub(1);
+                    } else if !tag.self_closing && !VOID_ELEMENTS.contains(&tag.name.as_str()) {
+                        elements += 1;
+                        if blocks + elements > MAX_NESTING {
+                            return too_deep(
+                                line_of(range.start) + html[..tag.offset].matches('\n').count(),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if blocks + elements > MAX_NESTING {
+            return too_deep(line_of(range.start));
+        }
+    }
+    Ok(())
+}
+
+/// The same checks as for Markdown links and images, on the tags of raw
+/// HTML (`html` starts on `line`), and no scripts, event handlers or frames.
+fn check_raw_html(html: &str, line: usize, origin: &str, diags: &mut Diagnostics) {
+    for tag in raw_tags(html).into_iter().filter(|t| !t.closing) {
+        let at = Some(format!(
+            "{origin}:{}",
+            line + html[..tag.offset].matches('\n').count()
+        ));
+        let name = tag.name.as_str();
+        let attr = |k: &str| {
+            tag.attrs
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.trim().to_string())
+        };
+        if FORBIDDEN_ELEMENTS.contains(&name) {
+            diags.push(Diagnostic::error(
+                at.clone(),
+                format!("HTML element <{name}> is not allowed: scripts, frames, forms and embedded objects do not work in email and would run in the web archive; remove it"),
+            ));
+        }
+        for (k, _) in tag.attrs.iter().filter(|(k, _)| k.starts_with("on")) {
+            diags.push(Diagnostic::error(
+                at.clone(),
+                format!("HTML attribute `{k}` on <{name}> is not allowed: event handlers are scripts; remove it"),
+            ));
+        }
+        if name == "img" {
+            let src = attr("src").unwrap_or_default();
+            if attr("alt").is_none_or(|a| a.is_empty()) {
+                diags.push(Diagnostic::error(
+                    at.clone(),
+                    format!("image `{src}` has no alt text: add alt=\"what the image shows\""),
+                ));
+            }
+            if !(src.starts_with("https://") || src.starts_with("http://")) {
+                diags.push(Diagnostic::error(
+                    at.clone(),
+                    format!("image `{src}` must be an absolute http(s) URL: mail clients cannot load relative paths"),
+                ));
+            }
+            continue;
+        }
+        for url in [attr("href"), attr("src")].into_iter().flatten() {
+            if !link_allowed(&url) {
+                diags.push(Diagnostic::error(
+                    at.clone(),
+                    format!("link `{url}` is neither http(s), mailto nor tel: emails need absolute links, e.g. https://example.org/page"),
+                ));
+            }
+        }
+    }
+}
+
+/// Raw HTML as it may reach an email and the public pages: an allow-list
+/// of elements and attributes (no scripts, event handlers, frames or
+/// forms), URLs http(s), mailto and tel, or `#fragment`.
+fn sanitise(html: &str) -> String {
+    let mut b = ammonia::Builder::default();
+    b.url_schemes(["http", "https", "mailto", "tel"].into())
+        .url_relative(ammonia::UrlRelative::Custom(Box::new(fragment_only)))
+        .link_rel(None)
+        .add_generic_attributes(["id", "class", "style", "align"]);
+    b.clean(html).to_string()
+}
+
+fn fragment_only(url: &str) -> Option<std::borrow::Cow<'_, str>> {
+    url.starts_with('#')
+        .then_some(std::borrow::Cow::Borrowed(url))
+}
+
+/// Whether a block must go through [`sanitise`]: it has raw HTML, or a
+/// link or image the checks refuse (a `javascript:` link must not reach a
+/// page even when nobody ran `check`).
+fn needs_sanitising(events: &[Event]) -> bool {
+    events.iter().any(|e| match e {
+        Event::Html(_) | Event::InlineHtml(_) => true,
+        Event::Start(Tag::Link {
+            dest_url,
+            link_type,
+            ..
+        }) => *link_type != LinkType::Email && !link_allowed(dest_url),
+        Event::Start(Tag::Image { dest_url, .. }) => {
+            !(dest_url.starts_with("https://") || dest_url.starts_with("http://"))
+        }
+        _ => false,
+    })
 }
 
 fn markdown_options() -> Options {
@@ -433,6 +634,19 @@ fn parse_body(
                         format!("image `{dest_url}` must be an absolute http(s) URL: mail clients cannot load relative paths"),
                     ));
                 }
+            }
+            Event::InlineHtml(html) => check_raw_html(html, line_of(range.start), origin, diags),
+            Event::Start(Tag::HtmlBlock) => {
+                // A block's HTML comes a line at a time: checked whole, so
+                // a tag spread over lines is seen.
+                let html: String = events[i + 1..]
+                    .iter()
+                    .map_while(|(e, _)| match e {
+                        Event::Html(h) => Some(h.as_ref()),
+                        _ => None,
+                    })
+                    .collect();
+                check_raw_html(&html, line_of(range.start), origin, diags);
             }
             _ => {}
         }
@@ -600,7 +814,10 @@ fn quote_block(inner: &[(Event, std::ops::Range<usize>)]) -> Block {
             body_events.truncate(s);
         }
     }
-    let html = to_html(&body_events);
+    let mut html = to_html(&body_events);
+    if needs_sanitising(&body_events) {
+        html = sanitise(&html);
+    }
     let text = inline_text(
         &body_events
             .iter()
@@ -639,11 +856,15 @@ fn flush(run: &mut Vec<Event>, intro: &mut Vec<Block>, sections: &mut [Section])
         return;
     }
     let events = std::mem::take(run);
-    let html = to_html(&events);
+    let mut html = to_html(&events);
     if html.trim().is_empty() {
         return;
     }
-    let text_html = to_html(&flatten_autolinks(&events));
+    let mut text_html = to_html(&flatten_autolinks(&events));
+    if needs_sanitising(&events) {
+        html = sanitise(&html);
+        text_html = sanitise(&text_html);
+    }
     push_block(intro, sections, Block::Html { html, text_html });
 }
 
@@ -802,5 +1023,109 @@ mod tests {
             "{text}"
         );
         assert_eq!(d.errors().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_file_and_line() {
+        let mut list = String::from("---\ntitle: T\npreheader: p\n---\nIntro.\n\n");
+        for i in 0..150 {
+            list.push_str(&"  ".repeat(i));
+            list.push_str("- x\n");
+        }
+        assert_eq!(
+            err(&list),
+            "content/t.md:107:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+        );
+        let quotes = format!("---\ntitle: T\n---\n{}hi\n", "> ".repeat(5000));
+        assert_eq!(
+            err(&quotes),
+            "content/t.md:4:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+        );
+        let html = format!("---\ntitle: T\n---\nx\n\n{}\n", "<div>".repeat(200));
+        assert_eq!(
+            err(&html),
+            "content/t.md:6:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+        );
+        // Inline nesting counts too: emphasis in emphasis in emphasis…
+        let emphasis = format!(
+            "---\ntitle: T\n---\nx\n\n{}b{}\n",
+            "*a ".repeat(5000),
+            "*".repeat(5000)
+        );
+        assert_eq!(
+            err(&emphasis),
+            "content/t.md:6:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)"
+        );
+        // 100 levels are fine, and a wide table is not deep.
+        let ok = format!("---\ntitle: T\npreheader: p\n---\n{}hi\n", "> ".repeat(100));
+        assert!(parse(&ok).0.is_ok());
+        let mut wide = String::from("---\ntitle: T\npreheader: p\n---\n");
+        for cell in ["x|", "-|", "x|"] {
+            wide.push_str(&format!("|{}\n", cell.repeat(10_000)));
+        }
+        let (issue, _) = parse(&wide);
+        let html = serde_json::to_string(&issue.unwrap().intro).unwrap();
+        assert!(html.contains("<table>"), "a table");
+    }
+
+    #[test]
+    fn line_breaks_in_title_and_subject_are_refused() {
+        assert_eq!(
+            err("---\ntitle: \"A\\r\\nBcc: x@y.org\"\n---\nx\n"),
+            "content/t.md:2:1: front matter: `title` contains a line break: write it on one line"
+        );
+        assert_eq!(
+            err("---\ntitle: A\nsubject: |\n  one\n  two\n---\nx\n"),
+            "content/t.md:3:1: front matter: `subject` contains a line break: write it on one line"
+        );
+        assert_eq!(
+            err("---\ntitle: A\nsubject: \"{% for i in range(end=9) %}x{% endfor %}\"\n---\nx\n"),
+            "content/t.md:3:1: front matter: `subject` may use subscriber fields ({{ subscriber.first_name }}) but no {% … %} tags"
+        );
+    }
+
+    #[test]
+    fn raw_html_gets_the_same_checks() {
+        let (issue, d) = parse(concat!(
+            "---\ntitle: T\npreheader: p\n---\n",
+            "A <a href=\"javascript:alert(1)\">link</a> and <a href=\"page.html\">another</a>.\n\n",
+            "<img src=\"https://x.org/a.png\">\n\n",
+            "<p>\n<img src=\"b.png\" alt=\"B\" onerror=\"alert(1)\">\n</p>\n\n",
+            "<script>alert(1)</script>\n\n",
+            "<iframe src=\"https://evil.example\"></iframe>\n\n",
+            "<a href=\"https://ok.example\" title=\"fine\">fine</a>\n",
+        ));
+        let text = d.to_string();
+        let expected = [
+            "content/t.md:5: error: link `javascript:alert(1)` is neither http(s), mailto nor tel: emails need absolute links, e.g. https://example.org/page",
+            "content/t.md:5: error: link `page.html` is neither http(s), mailto nor tel: emails need absolute links, e.g. https://example.org/page",
+            "content/t.md:7: error: image `https://x.org/a.png` has no alt text: add alt=\"what the image shows\"",
+            "content/t.md:10: error: image `b.png` must be an absolute http(s) URL: mail clients cannot load relative paths",
+            "content/t.md:10: error: HTML attribute `onerror` on <img> is not allowed: event handlers are scripts; remove it",
+            "content/t.md:13: error: HTML element <script> is not allowed: scripts, frames, forms and embedded objects do not work in email and would run in the web archive; remove it",
+            "content/t.md:15: error: HTML element <iframe> is not allowed: scripts, frames, forms and embedded objects do not work in email and would run in the web archive; remove it",
+        ];
+        for e in expected {
+            assert!(text.contains(e), "missing {e:?} in:\n{text}");
+        }
+        assert_eq!(d.errors().count(), expected.len(), "{text}");
+        // Whatever passes on is sanitised: no script, handler or frame.
+        let html = serde_json::to_string(&issue.unwrap().intro).unwrap();
+        for bad in ["<script", "onerror", "<iframe", "javascript:"] {
+            assert!(!html.contains(bad), "{bad} in {html}");
+        }
+        assert!(html.contains("https://ok.example"), "{html}");
+    }
+
+    #[test]
+    fn a_markdown_link_that_is_refused_does_not_reach_the_html_either() {
+        let (issue, d) = parse(
+            "---\ntitle: T\npreheader: p\n---\n[x](javascript:alert(1)) and [ok](https://ok.example) and ![pic](data:image/png;base64,AAAA)\n",
+        );
+        assert_eq!(d.errors().count(), 2, "{d}");
+        let html = serde_json::to_string(&issue.unwrap().intro).unwrap();
+        assert!(!html.contains("javascript:"), "{html}");
+        assert!(!html.contains("data:image"), "{html}");
+        assert!(html.contains("https://ok.example"), "{html}");
     }
 }

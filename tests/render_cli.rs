@@ -198,7 +198,7 @@ fn plain_text_part_reads_well() {
         "Read the guide (https://example.org/guide) or mail help@example.org.\n- one point\n- another point\n\n",
         "    \"Small steps add up.\"\n\n## Second section\n\nThat is all.\n",
         "View in browser: https://news.example.org/issues/hello\n",
-        "Unsubscribe: https://news.example.org/u/v1.hello.",
+        "Unsubscribe: https://news.example.org/u/v2.hello.",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -300,6 +300,40 @@ fn undefined_template_variable_names_template_line_and_variable() {
         stderr(&out),
         "error: templates/partials/related.mjml:3:19: Field `subtitle` is not defined. Available fields: authors, date, extra, month, number, preheader, related, slug, title\n  | <mj-text>{{ issue.subtitle }}</mj-text>\n"
     );
+}
+
+#[test]
+fn a_template_that_loops_for_ever_is_stopped() {
+    let p = Project::from_fixture("minimal");
+    p.write(
+        "templates/email.txt",
+        "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% for k in range(end=100000) %}{{ issue.title }}{% endfor %}{% endfor %}{% endfor %}\n",
+    );
+    let start = std::time::Instant::now();
+    let out = p.run(&["check", "content/hello.md"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: templates/email.txt: rendering stopped: more than 2 MiB of output (a loop that never ends?); an email must stay under Gmail's 102 KB anyway\n"
+    );
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+}
+
+#[test]
+fn a_template_that_loops_for_ever_silently_is_stopped_by_time() {
+    let p = Project::from_fixture("minimal");
+    p.write(
+        "templates/email.txt",
+        "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% for k in range(end=100000) %}{% endfor %}{% endfor %}{% endfor %}\n",
+    );
+    let start = std::time::Instant::now();
+    let out = p.run(&["check", "content/hello.md"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: templates/email.txt: rendering stopped: it took more than 5 s (a loop that never ends?)\n"
+    );
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
 }
 
 #[test]

@@ -137,7 +137,7 @@ fn dry_run_writes_valid_mime_without_injected_headers() {
         assert_eq!(m["subject"], "Hello Readers");
         assert_eq!(m["list_unsubscribe_post"], "List-Unsubscribe=One-Click");
         let lu = m["list_unsubscribe"].as_str().unwrap();
-        assert!(lu.starts_with("<mailto:unsubscribe@example.org?subject=unsubscribe>, <https://news.example.org/u/v1.hello."), "{lu}");
+        assert!(lu.starts_with("<mailto:unsubscribe@example.org?subject=unsubscribe>, <https://news.example.org/u/v2.hello."), "{lu}");
         assert!(m["message_id"].as_str().unwrap().ends_with("@example.org>"));
         assert!(m["html"].as_str().unwrap().contains("Small steps add up."));
     }
@@ -251,5 +251,46 @@ fn international_addresses_in_a_dry_run() {
         raw.contains("\r\nTo: =?utf-8?b?Sm9zw6k=?= <josé@xn--bcher-kva.example>\r\n")
             || raw.contains("\r\nTo: José <josé@xn--bcher-kva.example>\r\n"),
         "{raw}"
+    );
+}
+
+#[test]
+fn concurrency_flag_is_bounded_like_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    support::copy_fixture("minimal", dir);
+    for n in ["0", "100000"] {
+        let out = tidings(
+            dir,
+            &["send", "content/hello.md", "--dry-run", "--concurrency", n],
+        );
+        assert_eq!(out.status.code(), Some(2), "--concurrency {n}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "invalid value '{n}' for '--concurrency <N>': must be between 1 and 100"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_weak_unsubscribe_secret_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    support::copy_fixture("minimal", dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .current_dir(dir)
+        .env("TIDINGS_UNSUBSCRIBE_SECRET", "a".repeat(16))
+        .env_remove("TIDINGS_CONFIG")
+        .env_remove("TIDINGS_DATABASE_URL")
+        .args(["send", "content/hello.md", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: TIDINGS_UNSUBSCRIBE_SECRET is too weak: its 16 characters are only 1 different one; use at least 16 random characters, e.g. `openssl rand -hex 32`"
     );
 }

@@ -474,6 +474,38 @@ fn one_click_unsubscribes_get_does_not_and_a_replay_is_harmless() {
     }
 }
 
+/// A link as messages sent before v2 tokens carried it (the plain
+/// SHA-256 of the address, MAC'd with the secret itself).
+fn v1_link(issue: &str, email: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let hash = b64.encode(Sha256::digest(email.as_bytes()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("v1|{issue}|{hash}").as_bytes());
+    let tag = mac.finalize().into_bytes();
+    format!("/u/v1.{issue}.{hash}.{}", b64.encode(&tag[..16]))
+}
+
+#[test]
+fn links_in_messages_sent_before_v2_tokens_still_unsubscribe() {
+    let p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let server = Server::start(&p);
+    let old = v1_link("hello", "ana@example.org");
+    assert_eq!(server.get(&old).status, 200);
+    let r = server.post(&old, ONE_CLICK);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    // New links name the same person without the hash.
+    let new = p.link("hello", "ana@example.org");
+    assert!(new.starts_with("/u/v2.hello."), "{new}");
+    assert!(!new.contains(old.split('.').nth(2).unwrap()), "{new}");
+    assert_eq!(server.post(&new, ONE_CLICK).status, 200);
+    assert!(server.log().contains("outcome=already"), "{}", server.log());
+}
+
 #[test]
 fn bad_tokens_get_the_same_400_and_change_nothing() {
     let p = Project::new();
@@ -495,10 +527,11 @@ fn bad_tokens_get_the_same_400_and_change_nothing() {
         token[..token.len() - 4].to_string(),
         token[..20].to_string(),
         "not-a-token".to_string(),
-        format!("v1.issue-18.{}.{}", parts[2], parts[3]),
-        format!("v1.hello.{bob_hash}.{}", parts[3]),
+        format!("v2.issue-18.{}.{}", parts[2], parts[3]),
+        format!("v2.hello.{bob_hash}.{}", parts[3]),
+        format!("v1.hello.{}.{}", parts[2], parts[3]),
         other_secret,
-        format!("v2.{}", &token[3..]),
+        format!("v3.{}", &token[3..]),
         "%FF%FE".to_string(),
         "a".repeat(3000),
         format!("{token}.x"),
@@ -566,13 +599,14 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
     assert!(r.body.contains(r#"name="action" value="resubscribe""#));
     assert_eq!(p.status("ana@example.org"), "unsubscribed");
 
-    let r = server.post(&ana, "action=resubscribe");
+    let again = format!("action=resubscribe&csrf={}", csrf_of(&r.body));
+    let r = server.post(&ana, &again);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("You are subscribed again"), "{}", r.body);
     assert!(r.body.contains(r#"name="action" value="unsubscribe""#));
     assert_eq!(p.status("ana@example.org"), "active");
     // Twice is once.
-    assert_eq!(server.post(&ana, "action=resubscribe").status, 200);
+    assert_eq!(server.post(&ana, &again).status, 200);
 
     let ev = |e: &str, s: &str| (e.to_string(), s.to_string());
     assert_eq!(
@@ -587,8 +621,12 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
     // Someone who is not on the list (removed, or never added): a
     // one-click still records the wish; the page cannot resubscribe them.
     let nobody = p.link("hello", "nobody@example.org");
-    assert_eq!(server.post(&nobody, ONE_CLICK).status, 200);
-    let r = server.post(&nobody, "action=resubscribe");
+    let r = server.post(&nobody, ONE_CLICK);
+    assert_eq!(r.status, 200);
+    let r = server.post(
+        &nobody,
+        &format!("action=resubscribe&csrf={}", csrf_of(&r.body)),
+    );
     assert_eq!(r.status, 200);
     assert!(
         r.body.contains("We could not subscribe you again"),
@@ -596,6 +634,123 @@ fn the_page_buttons_unsubscribe_and_resubscribe() {
         r.body
     );
     assert!(!p.statuses().contains_key("nobody@example.org"));
+}
+
+/// The `csrf` field of a page's resubscribe form.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no csrf field in:\n{page}"));
+    let rest = &page[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// A forwarded email's link cannot be used to resubscribe someone from a
+/// script or another site, and never undoes what an administrator or a
+/// bounce decided.
+#[test]
+fn resubscribing_takes_a_same_origin_form_and_never_undoes_an_administrator() {
+    let p = Project::new();
+    p.add("ana@example.org", "Ana");
+    p.add("bob@example.org", "Bob");
+    let server = Server::start(&p);
+    let ana = p.link("hello", "ana@example.org");
+    let r = server.post(&ana, ONE_CLICK);
+    assert_eq!(r.status, 200);
+    let csrf = csrf_of(&r.body);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let refused = |r: &http::Response, what: &str| {
+        assert_eq!(r.status, 403, "{what}: {}", r.body);
+        assert!(
+            r.body.contains("This request was not accepted"),
+            "{what}: {}",
+            r.body
+        );
+        assert_private(r, what);
+    };
+    refused(&server.post(&ana, "action=resubscribe"), "no csrf field");
+    refused(
+        &server.post(&ana, "action=resubscribe&csrf=1.AAAAAAAAAAAAAAAAAAAAAA"),
+        "a forged csrf field",
+    );
+    let body = format!("action=resubscribe&csrf={csrf}");
+    let other = p.link("hello", "bob@example.org");
+    refused(&server.post(&other, &body), "another link's csrf field");
+    refused(
+        &http::request(
+            &server.addr,
+            "POST",
+            &ana,
+            &[("Content-Type", "text/plain")],
+            body.as_bytes(),
+        ),
+        "text/plain",
+    );
+    refused(
+        &http::request(
+            &server.addr,
+            "POST",
+            &ana,
+            &[form, ("Origin", "https://evil.example")],
+            body.as_bytes(),
+        ),
+        "another origin",
+    );
+    refused(
+        &http::request(
+            &server.addr,
+            "POST",
+            &ana,
+            &[form, ("Sec-Fetch-Site", "cross-site")],
+            body.as_bytes(),
+        ),
+        "a cross-site fetch",
+    );
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    // The browser's Origin is the public one (behind the proxy) or, when it
+    // reached the service directly, the host it asked.
+    let direct = format!("http://{}", server.addr);
+    let r = http::request(
+        &server.addr,
+        "POST",
+        &ana,
+        &[form, ("Origin", &direct), ("Sec-Fetch-Site", "same-origin")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = server.post(&ana, ONE_CLICK);
+    let body = format!("action=resubscribe&csrf={}", csrf_of(&r.body));
+    let r = http::request(
+        &server.addr,
+        "POST",
+        &ana,
+        &[
+            form,
+            ("Origin", BASE_URL),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("You are subscribed again"), "{}", r.body);
+    assert_eq!(p.status("ana@example.org"), "active");
+
+    // An administrator's unsubscribe stands, whatever the form says.
+    p.run_ok(&["subscribers", "unsubscribe", "bob@example.org"]);
+    let r = server.post(&other, "action=unsubscribe");
+    assert_eq!(r.status, 200);
+    let r = server.post(
+        &other,
+        &format!("action=resubscribe&csrf={}", csrf_of(&r.body)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("We could not subscribe you again"),
+        "{}",
+        r.body
+    );
+    assert_eq!(p.status("bob@example.org"), "unsubscribed");
+    assert!(server.log().contains("outcome=refused"), "{}", server.log());
 }
 
 #[test]
@@ -759,7 +914,7 @@ fn sent_issues_are_shown_generic_newest_first_and_drafts_are_not() {
             .contains("You receive this email because you subscribed"),
         "generic footer"
     );
-    for personal in ["ana@example.org", "Ana", "zoe@", "Zoë", "/u/v1."] {
+    for personal in ["ana@example.org", "Ana", "zoe@", "Zoë", "/u/v1.", "/u/v2."] {
         assert!(
             !r.body.contains(personal),
             "{personal:?} in the public page"
@@ -816,6 +971,110 @@ fn sent_issues_are_shown_generic_newest_first_and_drafts_are_not() {
     );
 }
 
+/// An issue sent and then edited into something hostile (lists nested
+/// 1,000 deep, a 10,000-column table): its page fails or renders, alone;
+/// the service answers everything else afterwards.
+#[test]
+fn a_hostile_issue_page_fails_alone_and_the_service_lives_on() {
+    let sink = start_sink();
+    let mut p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let hello = fs::read_to_string(p.path("content/hello.md")).unwrap();
+    p.write("content/deep.md", &hello);
+    p.write("content/wide.md", &hello);
+    p.send("deep", &sink);
+    p.send("wide", &sink);
+    let front = "---\ntitle: Edited\npreheader: p\n---\nIntro.\n\n";
+    let mut deep = front.to_string();
+    for i in 0..1000 {
+        deep.push_str(&"  ".repeat(i));
+        deep.push_str("- x\n");
+    }
+    deep.push_str(&format!(
+        "\n{}hi\n\n{}\n\n{}b{}\n",
+        "> ".repeat(10_000),
+        "<div>".repeat(10_000),
+        "*a ".repeat(10_000),
+        "*".repeat(10_000)
+    ));
+    p.write("content/deep.md", &deep);
+    let mut wide = front.to_string();
+    for cell in ["x|", "-|", "x|"] {
+        wide.push_str(&format!("|{}\n", cell.repeat(10_000)));
+    }
+    p.write("content/wide.md", &wide);
+    let server = Server::start(&p);
+
+    for _ in 0..20 {
+        let r = server.get("/issues/deep");
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_security_headers(&r, "/issues/deep");
+        assert!(r.body.contains("This issue cannot be shown"), "{}", r.body);
+    }
+    for _ in 0..5 {
+        let r = server.get("/issues/wide");
+        assert!(matches!(r.status, 200 | 500), "{}", r.status);
+    }
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/issues/hello").status, 404);
+    let ana = p.link("deep", "ana@example.org");
+    assert_eq!(server.post(&ana, ONE_CLICK).status, 200);
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+    let log = server.log();
+    assert!(
+        log.contains("content/deep.md:") && log.contains("nested 101 levels deep here"),
+        "{log}"
+    );
+    // Rendered once, not once per request: the failure is remembered until
+    // the file changes.
+    assert_eq!(log.matches("level=error").count(), 1, "{log}");
+}
+
+/// A template override that never ends: the page gives up within the
+/// request's time and is a 500; everything else keeps answering.
+#[test]
+fn a_template_that_never_ends_fails_its_page_alone() {
+    let sink = start_sink();
+    let mut p = Project::new();
+    p.add("ana@example.org", "Ana");
+    p.send("hello", &sink);
+    p.write(
+        "templates/email.mjml",
+        "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% for k in range(end=100000) %}{% endfor %}{% endfor %}{% endfor %}",
+    );
+    let server = Server::start(&p);
+    let start = Instant::now();
+    let page = std::thread::scope(|s| {
+        let page = s.spawn(|| server.get("/issues/hello"));
+        std::thread::sleep(Duration::from_millis(500));
+        // While it spins: health and one-click still answer at once.
+        let t = Instant::now();
+        assert_eq!(server.get("/healthz").status, 200);
+        let ana = p.link("hello", "ana@example.org");
+        assert_eq!(server.post(&ana, ONE_CLICK).status, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        page.join().unwrap()
+    });
+    assert_eq!(page.status, 500, "{}", page.body);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        server
+            .log()
+            .contains("rendering stopped: it took more than 5 s (a loop that never ends?)"),
+        "{}",
+        server.log()
+    );
+    // Remembered: the next request does not wait again.
+    let t = Instant::now();
+    assert_eq!(server.get("/issues/hello").status, 500);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(p.status("ana@example.org"), "unsubscribed");
+}
+
 #[test]
 fn archive_writes_the_sent_issues_and_a_feed() {
     let sink = start_sink();
@@ -847,6 +1106,20 @@ fn archive_writes_the_sent_issues_and_a_feed() {
     assert!(hello.contains(r#"href="../../unsubscribe/index.html""#));
     assert!(read("site/unsubscribe/index.html").contains("use the link in your email"));
     assert!(!p.path("site/issues/draft").exists(), "drafts stay out");
+    // Static hosts send no CSP header: every page carries the server's
+    // policy itself (frame-ancestors only works as a header).
+    let meta = r#"<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'">"#;
+    for page in [
+        "site/index.html",
+        "site/issues/hello/index.html",
+        "site/unsubscribe/index.html",
+    ] {
+        let html = read(page);
+        let at = html
+            .find(meta)
+            .unwrap_or_else(|| panic!("no CSP in {page}:\n{html}"));
+        assert!(at < html.find("</head>").unwrap(), "{page}: CSP in <head>");
+    }
 
     // The same pages as the server's, but for where links point.
     let server = Server::start(&p);
@@ -856,7 +1129,7 @@ fn archive_writes_the_sent_issues_and_a_feed() {
             r#"href="/unsubscribe""#,
             r#"href="../../unsubscribe/index.html""#
         ),
-        hello
+        hello.replacen(meta, "", 1)
     );
 
     let feed = read("site/feed.xml");
@@ -869,6 +1142,29 @@ fn archive_writes_the_sent_issues_and_a_feed() {
         r#"<link rel="alternate" type="text/html" href="https://news.example.org/issues/hello"/>"#
     ));
     assert!(!feed.contains("draft"));
+}
+
+#[test]
+fn archive_leaves_out_an_issue_that_cannot_be_rendered_and_writes_the_rest() {
+    let sink = start_sink();
+    let mut p = Project::new();
+    p.add("ana@example.org", "Ana");
+    let hello = fs::read_to_string(p.path("content/hello.md")).unwrap();
+    p.write("content/deep.md", &hello);
+    p.send("deep", &sink);
+    p.send("hello", &sink);
+    p.write(
+        "content/deep.md",
+        &format!("---\ntitle: Deep\n---\n{}x\n", "> ".repeat(5000)),
+    );
+    let out = p.run(&["archive", "--out", "site"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "warning: issue `deep`: content/deep.md:4:1: lists, quotes, emphasis, links and HTML elements are nested 101 levels deep here; at most 100 are allowed (a paste gone wrong?)\n"
+    );
+    assert!(p.path("site/issues/hello/index.html").exists());
+    assert!(!p.path("site/issues/deep").exists());
 }
 
 #[test]
@@ -949,7 +1245,7 @@ fn the_link_in_a_sent_message_unsubscribes_and_the_next_send_skips() {
         .find(|u| u.starts_with("https://"))
         .expect("an https link in List-Unsubscribe");
     let path = url.strip_prefix(BASE_URL).expect("on newsletter.base_url");
-    assert!(path.starts_with("/u/v1.hello."), "{url}");
+    assert!(path.starts_with("/u/v2.hello."), "{url}");
 
     let server = Server::start(&p);
     // The host is the test server's; the path is the message's.

@@ -43,7 +43,7 @@ pub struct SendArgs {
     #[arg(long, value_name = "RATE")]
     pub rate: Option<Rate>,
     /// SMTP connections and messages in flight [default: send.concurrency]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_concurrency)]
     pub concurrency: Option<usize>,
     /// Send at most N messages in this run; a rerun continues
     #[arg(long, value_name = "N")]
@@ -131,21 +131,30 @@ fn options(config: &Config, args: &SendArgs) -> SendOptions {
         o.rate = Some(r);
     }
     if let Some(c) = args.concurrency {
-        o.concurrency = c.max(1);
+        o.concurrency = c;
     }
     o.limit = args.limit;
     o
 }
 
+/// `--concurrency`: the same bounds as `send.concurrency`.
+fn parse_concurrency(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| "must be a whole number between 1 and 100".to_string())?;
+    crate::config::check_concurrency(n)
+}
+
 fn signer(config: &Config, required: bool, diags: &mut Diagnostics) -> Result<Signer> {
     match &config.secrets.unsubscribe_secret {
-        Some(s) if s.expose().len() >= 16 => Ok(Signer::new(
-            s.expose().as_bytes(),
-            &config.newsletter.base_url,
-        )),
-        Some(_) => Err(Error::Usage(format!(
-            "{ENV_UNSUBSCRIBE_SECRET} is too short: use at least 16 random characters, e.g. `openssl rand -hex 32`"
-        ))),
+        Some(s) => match crate::config::unsubscribe_secret_problem(s.expose()) {
+            None => Ok(Signer::new(
+                s.expose().as_bytes(),
+                &config.newsletter.base_url,
+            )),
+            Some(problem) => Err(Error::Usage(problem)),
+        },
         None if required => Err(Error::Usage(format!(
             "{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links must be signed with a secret that `tidings serve` also has; generate one with `openssl rand -hex 32` and export it"
         ))),

@@ -44,13 +44,15 @@ pub struct ArchiveArgs {
 /// be checked, so the server does not start.
 fn signer(config: &Config) -> Result<Signer> {
     match &config.secrets.unsubscribe_secret {
-        Some(s) if s.expose().len() >= 16 => Ok(Signer::new(
-            s.expose().as_bytes(),
-            &config.newsletter.base_url,
-        )),
-        Some(_) => Err(Error::Usage(format!(
-            "{ENV_UNSUBSCRIBE_SECRET} is too short: use at least 16 random characters, the same secret `tidings send` signs links with (e.g. `openssl rand -hex 32`)"
-        ))),
+        Some(s) => match crate::config::unsubscribe_secret_problem(s.expose()) {
+            None => Ok(Signer::new(
+                s.expose().as_bytes(),
+                &config.newsletter.base_url,
+            )),
+            Some(problem) => Err(Error::Usage(format!(
+                "{problem} (the same secret `tidings send` signs links with)"
+            ))),
+        },
         None => Err(Error::Usage(format!(
             "{ENV_UNSUBSCRIBE_SECRET} is not set: `tidings serve` checks unsubscribe links with the secret `tidings send` signed them with; export the same value (generate one with `openssl rand -hex 32`)"
         ))),

@@ -428,7 +428,7 @@ mod tests {
             "To: a@example.org\r\n",
             "Subject: Plain subject\r\n",
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-            "List-Unsubscribe: <mailto:unsub@example.org?subject=unsubscribe>,\r\n <https://news.example.org/u/v1.issue-9.",
+            "List-Unsubscribe: <mailto:unsub@example.org?subject=unsubscribe>,\r\n <https://news.example.org/u/v2.issue-9.",
             "MIME-Version: 1.0\r\n",
             "Content-Type: multipart/alternative;\r\n boundary=\"=_tidings_",
         ] {

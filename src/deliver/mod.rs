@@ -100,6 +100,11 @@ pub enum Outcome {
 pub trait Transport: Send + Sync {
     /// Sends one message; `Ok` means the receiving side accepted it.
     fn send(&self, message: &Outgoing) -> impl Future<Output = Result<(), SendError>> + Send;
+
+    /// Ends the run: closes what is still open (SMTP says QUIT first).
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Errors that stop a delivery run before or outside a single recipient.

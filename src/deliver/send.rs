@@ -545,6 +545,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     }
     released.extend(buffer.drain(..).map(|j| j.key));
     queue.release(&released).await?;
+    shared.transport.close().await;
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)

@@ -149,7 +149,20 @@ impl SmtpTransport {
         let mut idle = self.idle.lock().unwrap();
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
+        } else {
+            // One too many: closed politely, without holding anyone up.
+            tokio::spawn(tokio::time::timeout(QUIT_WAIT, conn.quit()));
         }
+    }
+
+    /// QUIT on every idle connection (each given [`QUIT_WAIT`] to answer).
+    pub async fn close(&self) {
+        let idle: Vec<_> = std::mem::take(&mut *self.idle.lock().unwrap());
+        futures_util::future::join_all(
+            idle.into_iter()
+                .map(|(conn, _)| tokio::time::timeout(QUIT_WAIT, conn.quit())),
+        )
+        .await;
     }
 
     async fn send_once(&self, message: &Outgoing) -> Result<(), SendError> {
@@ -268,7 +281,14 @@ pub fn classify(e: &ClientError) -> SendError {
     }
 }
 
+/// How long a server gets to answer QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
+
 impl Transport for SmtpTransport {
+    async fn close(&self) {
+        SmtpTransport::close(self).await;
+    }
+
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
         // The whole transaction is bounded: a server that stops answering
         // costs one timeout, and the connection is dropped with the future.
@@ -330,5 +350,23 @@ mod tests {
         .unwrap();
         let err = SmtpTransport::new(&config).err().unwrap().to_string();
         assert!(err.contains("TIDINGS_SMTP_PASSWORD is not"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn closing_the_transport_says_quit_on_every_idle_connection() {
+        let (port, server) = crate::deliver::smtp_client::tests::serve_checked(vec![
+            ("EHLO", "250 test\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ])
+        .await;
+        let config = Config::parse(
+            &format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let transport = SmtpTransport::new(&config).unwrap();
+        transport.check().await.unwrap();
+        transport.close().await;
+        server.await.expect("QUIT before the connection closed");
     }
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -261,6 +263,11 @@ impl Connection {
     async fn ehlo(&mut self, hello: &str) -> Result<(), ClientError> {
         let reply = self.command(&format!("EHLO {hello}")).await?;
         if reply.code != 250 {
+            // An old or minimal server (RFC 5321 4.1.4): HELO, without
+            // extensions. If that fails too, EHLO's answer is the error.
+            if matches!(self.command(&format!("HELO {hello}")).await, Ok(r) if r.code == 250) {
+                return Ok(());
+            }
             return Err(ClientError::Reply {
                 stage: Stage::Ehlo,
                 reply,
@@ -328,35 +335,7 @@ impl Connection {
     }
 
     async fn read_reply(&mut self) -> Result<Reply, ClientError> {
-        let mut lines = Vec::new();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = (&mut self.stream)
-                .take(MAX_LINE as u64)
-                .read_line(&mut line)
-                .await
-                .map_err(net)?;
-            if n == 0 {
-                return Err(ClientError::Network(
-                    "the server closed the connection".into(),
-                ));
-            }
-            let l = line.trim_end_matches(['\r', '\n']);
-            let code = l
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| ClientError::Protocol(format!("not an SMTP reply: {l:?}")))?;
-            lines.push(l.get(4..).unwrap_or("").to_string());
-            match l.as_bytes().get(3) {
-                Some(b'-') if lines.len() < MAX_LINES => continue,
-                Some(b'-') => {
-                    return Err(ClientError::Protocol("reply too long".into()));
-                }
-                _ => return Ok(Reply { code, lines }),
-            }
-        }
+        read_reply(&mut self.stream).await
     }
 
     /// One message: envelope (pipelined when offered), then the content.
@@ -471,6 +450,42 @@ impl Connection {
     }
 }
 
+/// One SMTP reply (RFC 5321 4.2), multi-line or not: bounded in line
+/// length and count; anything else is a protocol error, never a panic.
+pub(crate) async fn read_reply<R: AsyncBufRead + Unpin>(
+    stream: &mut R,
+) -> Result<Reply, ClientError> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut *stream)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+            .map_err(net)?;
+        if n == 0 {
+            return Err(ClientError::Network(
+                "the server closed the connection".into(),
+            ));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        let code = l
+            .get(..3)
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (200..600).contains(c))
+            .ok_or_else(|| ClientError::Protocol(format!("not an SMTP reply: {l:?}")))?;
+        lines.push(l.get(4..).unwrap_or("").to_string());
+        match l.as_bytes().get(3) {
+            Some(b'-') if lines.len() < MAX_LINES => continue,
+            Some(b'-') => {
+                return Err(ClientError::Protocol("reply too long".into()));
+            }
+            _ => return Ok(Reply { code, lines }),
+        }
+    }
+}
+
 async fn handshake(
     tcp: TcpStream,
     host: &str,
@@ -505,7 +520,7 @@ pub fn escape_data(content: &[u8], out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -523,9 +538,17 @@ mod tests {
 
     /// A scripted server: answers each line it reads with the next reply.
     async fn serve(script: Vec<(&'static str, &'static str)>) -> u16 {
+        serve_checked(script).await.0
+    }
+
+    /// [`serve`], with the server's task: it fails (a panic) unless the
+    /// client said every line of the script.
+    pub(crate) async fn serve_checked(
+        script: Vec<(&'static str, &'static str)>,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (sock, _) = listener.accept().await.unwrap();
             let mut sock = BufReader::new(sock);
             sock.get_mut()
@@ -551,7 +574,55 @@ mod tests {
                 sock.get_mut().write_all(reply.as_bytes()).await.unwrap();
             }
         });
-        port
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_ehlo_gets_helo_and_quit() {
+        let (port, server) = serve_checked(vec![
+            ("EHLO me", "502 5.5.2 command not recognised\r\n"),
+            ("HELO me", "250 test\r\n"),
+            ("MAIL FROM:<a@x.org>", "250 ok\r\n"),
+            ("RCPT TO:<b@x.org>", "250 ok\r\n"),
+            ("DATA", "354 go\r\n"),
+            (".", "250 queued\r\n"),
+            ("QUIT", "221 bye\r\n"),
+        ])
+        .await;
+        let mut c = Connection::open("127.0.0.1", port, &Security::None, "me", None)
+            .await
+            .unwrap();
+        assert!(!c.pipelining && !c.eight_bit, "HELO offers no extensions");
+        let r = c
+            .send("a@x.org", &["b@x.org".into()], b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250);
+        c.quit().await;
+        server.await.expect("the server saw the whole script");
+    }
+
+    #[tokio::test]
+    async fn ehlo_and_helo_both_refused_is_the_ehlo_error() {
+        let port = serve(vec![
+            ("EHLO me", "554 5.7.1 go away\r\n"),
+            ("HELO me", "554 5.7.1 go away\r\n"),
+        ])
+        .await;
+        let err = Connection::open("127.0.0.1", port, &Security::None, "me", None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            ClientError::Reply {
+                stage: Stage::Ehlo,
+                reply: Reply {
+                    code: 554,
+                    lines: vec!["5.7.1 go away".into()]
+                }
+            }
+        );
     }
 
     #[tokio::test]
@@ -690,5 +761,31 @@ mod tests {
             matches!(&err, ClientError::Reply { stage: Stage::StartTls, reply } if reply.code == 454),
             "{err}"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever a server sends, the reply parser answers (a reply or
+        /// an error) without a panic, and a valid reply reads back.
+        #[test]
+        fn any_server_bytes_parse_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            lines in proptest::collection::vec("[ -~]{0,40}", 1..5),
+            code in 200u16..600,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut input: &[u8] = &bytes;
+            let _ = rt.block_on(read_reply(&mut input));
+            let mut text = String::new();
+            for (i, l) in lines.iter().enumerate() {
+                let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+                text.push_str(&format!("{code}{sep}{l}\r\n"));
+            }
+            let mut input: &[u8] = text.as_bytes();
+            let reply = rt.block_on(read_reply(&mut input)).unwrap();
+            proptest::prop_assert_eq!(reply.code, code);
+            proptest::prop_assert_eq!(reply.lines, lines);
+        }
     }
 }

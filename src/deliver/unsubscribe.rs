@@ -1,10 +1,26 @@
 //! Signed unsubscribe links: `<base_url>/u/<token>`.
 //!
-//! A token names the issue and the subscriber (by a SHA-256 of the
-//! normalised address, so the URL does not carry the address itself) and is
-//! signed with HMAC-SHA256 under `TIDINGS_UNSUBSCRIBE_SECRET`:
+//! A token names the issue and the subscriber: the SHA-256 of the
+//! normalised address (the store's key for the person), sealed so that the
+//! link carries nothing anyone without `TIDINGS_UNSUBSCRIBE_SECRET` can
+//! check a guessed address against (v2, made since issue 15):
+//!
+//! `v2.<slug>.<base64url(sha256(address) XOR pad)>.<base64url(tag)>`
+//!
+//! with `tag = HMAC(k_mac, "v2|slug|" + sha256(address))[..16]` and
+//! `pad = HMAC(k_enc, "v2|slug|" + tag)` (a synthetic-IV construction: the
+//! tag authenticates the hash and picks the pad, so a token is
+//! deterministic, another issue's token of the same person looks
+//! unrelated, and any change fails). `k_mac` and `k_enc` are HMACs of the
+//! secret with fixed labels.
+//!
+//! Messages sent before carry v1 tokens, which still verify (the links
+//! must keep working for years):
 //!
 //! `v1.<slug>.<base64url(sha256(address))>.<base64url(hmac[..16])>`
+//!
+//! Those do show the plain hash; nothing can be done about links already
+//! in inboxes but to change the secret, which breaks them.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -15,9 +31,14 @@ use crate::subscribers::normalise_email;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const VERSION: &str = "v1";
+/// The format of tokens made now; [`V1`] ones are still accepted.
+const VERSION: &str = "v2";
+const V1: &str = "v1";
 /// Truncated MAC length: 128 bits is far beyond guessing over HTTP.
 const MAC_LEN: usize = 16;
+
+/// How long the "Subscribe again" button of a page works.
+pub const FORM_TOKEN_MINUTES: u64 = 60;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +54,11 @@ pub struct InvalidToken;
 
 #[derive(Clone)]
 pub struct Signer {
+    /// v1: keyed with the secret itself.
     mac: HmacSha256,
+    /// v2: keyed with labelled derivations of the secret.
+    seal_mac: HmacSha256,
+    seal_pad: HmacSha256,
     base_url: String,
 }
 
@@ -53,15 +78,24 @@ pub fn email_hash(email: &str) -> [u8; 32] {
 
 impl Signer {
     pub fn new(secret: &[u8], base_url: &str) -> Signer {
+        let mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
+        let derive = |label: &[u8]| {
+            let mut m = mac.clone();
+            m.update(label);
+            HmacSha256::new_from_slice(&m.finalize().into_bytes()).expect("any length")
+        };
         Signer {
-            mac: HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length"),
+            seal_mac: derive(b"tidings unsubscribe token v2: mac"),
+            seal_pad: derive(b"tidings unsubscribe token v2: pad"),
+            mac,
             base_url: base_url.trim_end_matches('/').to_string(),
         }
     }
 
+    /// The v1 MAC (tokens in messages sent before v2).
     fn mac_of(&self, issue: &str, hash_b64: &str) -> HmacSha256 {
         let mut mac = self.mac.clone();
-        mac.update(VERSION.as_bytes());
+        mac.update(V1.as_bytes());
         mac.update(b"|");
         mac.update(issue.as_bytes());
         mac.update(b"|");
@@ -69,10 +103,77 @@ impl Signer {
         mac
     }
 
+    fn seal_tag(&self, issue: &str, hash: &[u8; 32]) -> HmacSha256 {
+        let mut mac = self.seal_mac.clone();
+        mac.update(VERSION.as_bytes());
+        mac.update(b"|");
+        mac.update(issue.as_bytes());
+        mac.update(b"|");
+        mac.update(hash);
+        mac
+    }
+
+    /// The hash XOR this gives the sealed hash, and back.
+    fn pad(&self, issue: &str, tag: &[u8]) -> [u8; 32] {
+        let mut mac = self.seal_pad.clone();
+        mac.update(VERSION.as_bytes());
+        mac.update(b"|");
+        mac.update(issue.as_bytes());
+        mac.update(b"|");
+        mac.update(tag);
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn token(&self, issue: &str, email: &str) -> String {
-        let hash = B64.encode(email_hash(email));
-        let tag = self.mac_of(issue, &hash).finalize().into_bytes();
-        format!("{VERSION}.{issue}.{hash}.{}", B64.encode(&tag[..MAC_LEN]))
+        let hash = email_hash(email);
+        let tag = self.seal_tag(issue, &hash).finalize().into_bytes();
+        let tag = &tag[..MAC_LEN];
+        let pad = self.pad(issue, tag);
+        let sealed: Vec<u8> = hash.iter().zip(pad).map(|(h, p)| h ^ p).collect();
+        format!(
+            "{VERSION}.{issue}.{}.{}",
+            B64.encode(sealed),
+            B64.encode(tag)
+        )
+    }
+
+    /// The hidden field of the page's "Subscribe again" form for `token`
+    /// at `minute` (Unix minutes): `<minute>.<base64url(hmac[..16])>`. It
+    /// proves the form came from our page for this very link, recently.
+    pub fn form_token(&self, token: &str, minute: u64) -> String {
+        let tag = self.form_mac(token, minute).finalize().into_bytes();
+        format!("{minute}.{}", B64.encode(&tag[..MAC_LEN]))
+    }
+
+    /// Whether `value` is a form token for `token` made in the last
+    /// [`FORM_TOKEN_MINUTES`] before `now_minute` (constant time).
+    pub fn verify_form_token(&self, token: &str, value: &str, now_minute: u64) -> bool {
+        let Some((minute, tag)) = value.split_once('.') else {
+            return false;
+        };
+        let Ok(minute) = minute.parse::<u64>() else {
+            return false;
+        };
+        if minute > now_minute + 1 || now_minute.saturating_sub(minute) > FORM_TOKEN_MINUTES {
+            return false;
+        }
+        let Ok(tag) = B64.decode(tag) else {
+            return false;
+        };
+        tag.len() == MAC_LEN
+            && self
+                .form_mac(token, minute)
+                .verify_truncated_left(&tag)
+                .is_ok()
+    }
+
+    fn form_mac(&self, token: &str, minute: u64) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(b"form|");
+        mac.update(token.as_bytes());
+        mac.update(b"|");
+        mac.update(minute.to_string().as_bytes());
+        mac
     }
 
     /// The full unsubscribe URL for one subscriber and issue.
@@ -93,12 +194,31 @@ impl Signer {
         ) else {
             return Err(InvalidToken);
         };
-        if version != VERSION || issue.is_empty() || issue.len() > 200 {
+        if !(version == VERSION || version == V1) || issue.is_empty() || issue.len() > 200 {
             return Err(InvalidToken);
         }
         let tag = B64.decode(tag).map_err(|_| InvalidToken)?;
         if tag.len() != MAC_LEN {
             return Err(InvalidToken);
+        }
+        if version == VERSION {
+            let sealed: [u8; 32] = B64
+                .decode(hash)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or(InvalidToken)?;
+            let pad = self.pad(issue, &tag);
+            let mut email_hash = [0u8; 32];
+            for (i, b) in email_hash.iter_mut().enumerate() {
+                *b = sealed[i] ^ pad[i];
+            }
+            self.seal_tag(issue, &email_hash)
+                .verify_truncated_left(&tag)
+                .map_err(|_| InvalidToken)?;
+            return Ok(Claim {
+                issue: issue.to_string(),
+                email_hash,
+            });
         }
         self.mac_of(issue, hash)
             .verify_truncated_left(&tag)
@@ -149,9 +269,52 @@ mod tests {
         assert!(s.verify(&token[..token.len() - 4]).is_err());
         assert!(s.verify("").is_err());
         assert!(s.verify("v1.a.b.c.d").is_err());
+        assert!(s.verify("v2.a.b.c.d").is_err());
         let other_hash = B64.encode(email_hash("bob@example.org"));
         let parts: Vec<&str> = token.split('.').collect();
-        let swapped = format!("v1.issue-17.{other_hash}.{}", parts[3]);
+        let swapped = format!("{}.issue-17.{other_hash}.{}", parts[0], parts[3]);
         assert!(s.verify(&swapped).is_err());
+    }
+
+    /// A link from a message sent before tokens became opaque (made by the
+    /// v1 code with secret `secret`): still verifies, to the same person.
+    const SENT_V1: &str =
+        "v1.issue-17.hrkmChFc6sialzivI2ls46XXBEnejZXvKL11S7gBlrk.2M5twP0g8zDy2kz2aNvGuA";
+
+    #[test]
+    fn tokens_already_sent_still_verify() {
+        let s = Signer::new(b"secret", "https://x");
+        let claim = s.verify(SENT_V1).unwrap();
+        assert_eq!(claim.issue, "issue-17");
+        assert_eq!(claim.email_hash, email_hash("ana@example.org"));
+        assert!(
+            Signer::new(b"other-secret", "https://x")
+                .verify(SENT_V1)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn new_tokens_carry_no_hash_of_the_address() {
+        let s = Signer::new(b"secret", "https://x");
+        let token = s.token("issue-17", "ana@example.org");
+        let plain_hash = B64.encode(email_hash("ana@example.org"));
+        assert!(token.starts_with("v2.issue-17."), "{token}");
+        assert!(!token.contains(&plain_hash), "{token}");
+        // Nothing links two issues' tokens of one person.
+        let other = s.token("issue-18", "ana@example.org");
+        let part = |t: &str, i: usize| t.split('.').nth(i).unwrap().to_string();
+        assert_ne!(part(&token, 2), part(&other, 2));
+        assert_ne!(part(&token, 3), part(&other, 3));
+        // It verifies to the same claim as before; tampering fails.
+        let claim = s.verify(&token).unwrap();
+        assert_eq!(claim.email_hash, email_hash("ana@example.org"));
+        let moved = token.replacen("issue-17", "issue-18", 1);
+        assert_eq!(s.verify(&moved), Err(InvalidToken));
+        let mut bad = token.clone().into_bytes();
+        bad[15] = if bad[15] == b'A' { b'B' } else { b'A' };
+        assert!(s.verify(std::str::from_utf8(&bad).unwrap()).is_err());
+        // A v1 token of the same claim still says the same thing.
+        assert_eq!(s.verify(SENT_V1).unwrap(), claim);
     }
 }

@@ -8,6 +8,7 @@ pub mod plain;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tera::{Context, Kwargs, State, Tera, TeraResult, Value};
@@ -82,11 +83,54 @@ pub enum RenderError {
         "MJML produced by the templates does not compile: {message} (run with --emit-mjml to inspect it)"
     )]
     Mjml { message: String },
+    /// A template went past [`MAX_TEMPLATE_OUTPUT`] or [`TEMPLATE_TIME`].
+    #[error("{origin}: rendering stopped: {why}")]
+    Budget { origin: String, why: String },
+}
+
+/// The most one template may write: far more than any email (Gmail clips
+/// at 102 KB), so only a runaway loop reaches it.
+pub const MAX_TEMPLATE_OUTPUT: usize = 2 * 1024 * 1024;
+/// How long one template may take to render (checked as it writes).
+pub const TEMPLATE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where a template writes: refuses to grow past the output or time
+/// budget, which makes tera stop with an I/O error.
+struct Budget {
+    out: Vec<u8>,
+    start: std::time::Instant,
+    over: Option<String>,
+}
+
+impl std::io::Write for Budget {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
+            self.over = Some(format!(
+                "more than {} MiB of output (a loop that never ends?); an email must stay under Gmail's 102 KB anyway",
+                MAX_TEMPLATE_OUTPUT / (1024 * 1024)
+            ));
+        } else if self.start.elapsed() > TEMPLATE_TIME {
+            self.over = Some(format!(
+                "it took more than {} s (a loop that never ends?)",
+                TEMPLATE_TIME.as_secs()
+            ));
+        }
+        if self.over.is_some() {
+            return Err(std::io::Error::other("template budget exceeded"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Templates loaded once; renders any number of issues.
 pub struct Renderer {
-    tera: Tera,
+    /// Shared with the thread each template renders on.
+    tera: Arc<Tera>,
     /// Template name -> (where it came from, its text), for messages.
     origins: Origins,
 }
@@ -166,7 +210,73 @@ impl Renderer {
             .collect();
         tera.add_raw_templates(templates.iter().map(|(n, (t, _))| (n.as_str(), t.as_str())))
             .map_err(|e| template_error(&e, &origins))?;
-        Ok(Renderer { tera, origins })
+        Ok(Renderer {
+            tera: Arc::new(tera),
+            origins,
+        })
+    }
+
+    /// Renders one template within [`MAX_TEMPLATE_OUTPUT`] and
+    /// [`TEMPLATE_TIME`].
+    /// A loop that writes is stopped by the writer; one that writes
+    /// nothing by the wait for its thread (which is left to finish alone:
+    /// tera cannot be interrupted).
+    fn render_budgeted(&self, name: &str, context: &Context) -> Result<String, RenderError> {
+        let origin = || {
+            self.origins
+                .get(name)
+                .map_or(name.to_string(), |(o, _)| o.clone())
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (tera, template, context) = (self.tera.clone(), name.to_string(), context.clone());
+        std::thread::Builder::new()
+            .name("template".into())
+            .spawn(move || {
+                let mut budget = Budget {
+                    out: Vec::new(),
+                    start: std::time::Instant::now(),
+                    over: None,
+                };
+                let result = tera.render_to(&template, &context, &mut budget);
+                let _ = tx.send((result, budget));
+            })
+            .map_err(|e| RenderError::Template {
+                location: origin(),
+                message: format!("cannot start a thread to render it: {e}"),
+                detail: String::new(),
+            })?;
+        let (result, budget) = match rx.recv_timeout(TEMPLATE_TIME) {
+            Ok(done) => done,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(RenderError::Budget {
+                    origin: origin(),
+                    why: format!(
+                        "it took more than {} s (a loop that never ends?)",
+                        TEMPLATE_TIME.as_secs()
+                    ),
+                });
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(RenderError::Template {
+                    location: origin(),
+                    message: "rendering it failed unexpectedly (a panic in the template engine)"
+                        .into(),
+                    detail: String::new(),
+                });
+            }
+        };
+        if let Some(why) = budget.over {
+            return Err(RenderError::Budget {
+                origin: origin(),
+                why,
+            });
+        }
+        result.map_err(|e| template_error(&e, &self.origins))?;
+        String::from_utf8(budget.out).map_err(|e| RenderError::Template {
+            location: name.to_string(),
+            message: format!("the output is not UTF-8: {e}"),
+            detail: String::new(),
+        })
     }
 
     /// A subscriber field went through a filter other than `default`, so
@@ -229,15 +339,9 @@ impl Renderer {
             detail: String::new(),
         })?;
 
-        let mjml = self
-            .tera
-            .render(HTML_TEMPLATE, &context)
-            .map_err(|e| template_error(&e, &self.origins))?;
+        let mjml = self.render_budgeted(HTML_TEMPLATE, &context)?;
         let html = compile_mjml(&mjml, diags)?;
-        let text = self
-            .tera
-            .render(TEXT_TEMPLATE, &context)
-            .map_err(|e| template_error(&e, &self.origins))?;
+        let text = self.render_budgeted(TEXT_TEMPLATE, &context)?;
         let subject = render_subject(&issue.meta.subject, &context, &issue.path)?;
 
         let (html, bad_html) = Personalisable::parse(html);

@@ -28,6 +28,27 @@ pub struct ArchiveReport {
     pub left_out: Vec<String>,
 }
 
+/// A static host sends no Content-Security-Policy header: each page
+/// carries the server's policy as the first thing in its `<head>`.
+fn with_csp(html: &str) -> String {
+    let meta = format!(
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"{}\">",
+        super::CSP_META
+    );
+    let lower = html.to_ascii_lowercase();
+    match lower.find("<head") {
+        Some(at) => {
+            let end = at + lower[at..].find('>').map_or(5, |i| i + 1);
+            format!("{}{meta}{}", &html[..end], &html[end..])
+        }
+        None => format!("{meta}{html}"),
+    }
+}
+
+fn write_page(path: &Path, html: &str) -> Result<()> {
+    write(path, &with_csp(html))
+}
+
 fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Write {
@@ -54,9 +75,18 @@ pub async fn write_archive(config: &Config, out: &Path) -> Result<ArchiveReport>
     };
     for p in &published {
         let slug = &p.sent.slug;
-        match catalogue.page(&store, slug).await? {
+        // An issue whose page fails (its file, a template budget) is left
+        // out with the reason; the others are written.
+        let page = match catalogue.page(&store, slug).await {
+            Err(e) if e.is_page_failure() => {
+                report.left_out.push(format!("issue `{slug}`: {e}"));
+                continue;
+            }
+            other => other?,
+        };
+        match page {
             Some((_, html)) => {
-                write(&issue_path(out, slug), &html)?;
+                write_page(&issue_path(out, slug), &html)?;
                 report.issues.push(slug.clone());
             }
             None => report.left_out.push(format!(
@@ -74,9 +104,9 @@ pub async fn write_archive(config: &Config, out: &Path) -> Result<ArchiveReport>
             href: format!("issues/{}/index.html", p.sent.slug),
         })
         .collect();
-    write(&out.join("index.html"), &pages.index(&listed, "feed.xml"))?;
+    write_page(&out.join("index.html"), &pages.index(&listed, "feed.xml"))?;
     write(&out.join("feed.xml"), &pages.feed(&listed))?;
-    write(
+    write_page(
         &out.join("unsubscribe/index.html"),
         &pages.unsubscribe_help("../index.html"),
     )?;

@@ -117,7 +117,34 @@ pub enum IssueError {
     Render(#[from] RenderError),
     #[error("rendering was interrupted: {0}")]
     Interrupted(String),
+    /// The page failed earlier, and the file has not changed since.
+    #[error("{0}")]
+    FailedBefore(Arc<str>),
 }
+
+impl IssueError {
+    /// A problem of the issue's page (its file, templates or a render
+    /// budget), not of the service: that page fails alone.
+    pub fn is_page_failure(&self) -> bool {
+        matches!(
+            self,
+            IssueError::Content(_)
+                | IssueError::Render(_)
+                | IssueError::Interrupted(_)
+                | IssueError::FailedBefore(_)
+        )
+    }
+}
+
+/// Rendering runs on a thread of its own with this stack (recursive
+/// descent in the compilers; the content stage bounds nesting, this is the
+/// margin)…
+const RENDER_STACK: usize = 32 * 1024 * 1024;
+/// …for at most this long (a request has 10 s in all; each template has
+/// its own 5 s)…
+pub const RENDER_TIMEOUT: Duration = Duration::from_secs(8);
+/// …and at most this many at once (2 cores).
+const RENDERS_AT_ONCE: usize = 2;
 
 impl From<IssueError> for crate::Error {
     fn from(e: IssueError) -> crate::Error {
@@ -127,6 +154,7 @@ impl From<IssueError> for crate::Error {
             IssueError::Content(e) => e.into(),
             IssueError::Render(e) => e.into(),
             IssueError::Interrupted(m) => crate::Error::Serve(m),
+            IssueError::FailedBefore(m) => crate::Error::Serve(m.to_string()),
         }
     }
 }
@@ -134,9 +162,19 @@ impl From<IssueError> for crate::Error {
 #[derive(Clone)]
 struct Entry {
     mtime: Option<SystemTime>,
-    info: Arc<IssueInfo>,
+    /// `None` when the file did not parse (see `failed`).
+    info: Option<Arc<IssueInfo>>,
     html: Option<Arc<str>>,
+    /// Why the page could not be rendered: kept until the file changes,
+    /// so a broken issue is not rendered again on every request…
+    failed: Option<Arc<str>>,
+    /// …or, for a render that ran out of time (perhaps only a busy
+    /// machine), until then.
+    retry_at: Option<Instant>,
 }
+
+/// How long a page that ran out of time stays a 500 before another try.
+const RETRY_TIMED_OUT: Duration = Duration::from_secs(60);
 
 /// Sent issues and their pages, cached.
 pub struct Catalogue {
@@ -149,6 +187,7 @@ pub struct Catalogue {
     sent_ttl: Duration,
     sent: Mutex<Option<(Instant, Arc<Vec<SentIssue>>)>>,
     entries: Mutex<HashMap<String, Entry>>,
+    renders: Arc<tokio::sync::Semaphore>,
 }
 
 /// A sent issue with its front matter, for lists and feeds.
@@ -176,6 +215,7 @@ impl Catalogue {
             sent_ttl,
             sent: Mutex::new(None),
             entries: Mutex::new(HashMap::new()),
+            renders: Arc::new(tokio::sync::Semaphore::new(RENDERS_AT_ONCE)),
         })
     }
 
@@ -238,6 +278,7 @@ impl Catalogue {
         entries
             .get(slug)
             .filter(|e| e.mtime.is_some() && e.mtime == mtime)
+            .filter(|e| e.retry_at.is_none_or(|at| Instant::now() < at))
             .cloned()
     }
 
@@ -250,8 +291,8 @@ impl Catalogue {
         let Some(mtime) = self.mtime(slug) else {
             return Ok(None);
         };
-        if let Some(e) = self.cached(slug, mtime) {
-            return Ok(Some(e.info));
+        if let Some(info) = self.cached(slug, mtime).and_then(|e| e.info) {
+            return Ok(Some(info));
         }
         let issue = Issue::from_file(&self.path(slug), &mut Diagnostics::default())?;
         let info = Arc::new(IssueInfo::of(&issue));
@@ -259,8 +300,10 @@ impl Catalogue {
             slug.to_string(),
             Entry {
                 mtime,
-                info: info.clone(),
+                info: Some(info.clone()),
                 html: None,
+                failed: None,
+                retry_at: None,
             },
         );
         Ok(Some(info))
@@ -308,8 +351,28 @@ impl Catalogue {
         let Some(mtime) = self.mtime(slug) else {
             return Ok(None);
         };
-        if let Some(html) = self.cached(slug, mtime).and_then(|e| e.html) {
-            return Ok(Some((sent, html)));
+        if let Some(e) = self.cached(slug, mtime) {
+            if let Some(html) = e.html {
+                return Ok(Some((sent, html)));
+            }
+            if let Some(failed) = e.failed {
+                return Err(IssueError::FailedBefore(failed));
+            }
+        }
+        let permit = self
+            .renders
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        // Another request may have rendered it while this one waited.
+        if let Some(e) = self.cached(slug, mtime) {
+            if let Some(html) = e.html {
+                return Ok(Some((sent, html)));
+            }
+            if let Some(failed) = e.failed {
+                return Err(IssueError::FailedBefore(failed));
+            }
         }
         // Custom attributes are fields templates may use, as in a send.
         let fields = FieldSet {
@@ -319,8 +382,9 @@ impl Catalogue {
         let config = self.config.clone();
         let path = self.path(slug);
         let help = self.site.help_from_issue();
-        // mrml takes milliseconds: off the request threads.
-        let (info, html) = tokio::task::spawn_blocking(move || {
+        // mrml takes milliseconds: off the request threads, on a thread
+        // with a known stack, within a time budget.
+        let render = move || {
             let mut diags = Diagnostics::default();
             let issue = Issue::from_file(&path, &mut diags)?;
             let rendered = renderer.render(&issue, &config, &fields, &mut diags)?;
@@ -334,17 +398,51 @@ impl Catalogue {
                 )
                 .into();
             Ok::<_, IssueError>((Arc::new(IssueInfo::of(&issue)), html))
-        })
-        .await
-        .map_err(|e| IssueError::Interrupted(e.to_string()))??;
-        self.entries.lock().expect("not poisoned").insert(
-            slug.to_string(),
-            Entry {
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("render-{slug}"))
+            .stack_size(RENDER_STACK)
+            .spawn(move || {
+                // Held until the render really ends, timed out or not.
+                let _permit = permit;
+                let _ = tx.send(render());
+            })
+            .map_err(|e| IssueError::Interrupted(format!("cannot start a render thread: {e}")))?;
+        let result = match tokio::time::timeout(RENDER_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(IssueError::Interrupted("the render panicked".into())),
+            Err(_) => Err(IssueError::Interrupted(format!(
+                "rendering took longer than {} s",
+                RENDER_TIMEOUT.as_secs()
+            ))),
+        };
+        let entry = match &result {
+            Ok((info, html)) => Entry {
                 mtime,
-                info,
+                info: Some(info.clone()),
                 html: Some(html.clone()),
+                failed: None,
+                retry_at: None,
             },
-        );
+            Err(e) if e.is_page_failure() => Entry {
+                mtime,
+                info: None,
+                html: None,
+                failed: Some(format!("issue {slug}: {e}").into()),
+                retry_at: matches!(
+                    e,
+                    IssueError::Interrupted(_) | IssueError::Render(RenderError::Budget { .. })
+                )
+                .then(|| Instant::now() + RETRY_TIMED_OUT),
+            },
+            Err(_) => return result.map(|_| None),
+        };
+        self.entries
+            .lock()
+            .expect("not poisoned")
+            .insert(slug.to_string(), entry);
+        let (_, html) = result?;
         Ok(Some((sent, html)))
     }
 }

@@ -49,6 +49,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// How long the list of sent issues is reused.
 const SENT_TTL: Duration = Duration::from_secs(10);
 
+/// The policy of every response; static archive pages carry it as a
+/// `<meta>` (where `frame-ancestors` is ignored, so it is left out there).
+pub const CSP_META: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'";
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'; frame-ancestors 'none'";
 
 /// What the handlers share.
@@ -57,6 +61,9 @@ pub struct Shared {
     store: Store,
     pages: Pages,
     catalogue: Catalogue,
+    /// `scheme://host[:port]` of `newsletter.base_url`: what a browser
+    /// sends as `Origin` from our own pages.
+    origin: String,
 }
 
 pub type AppState = Arc<Shared>;
@@ -67,13 +74,50 @@ impl Shared {
     pub async fn new(config: Config, signer: Signer) -> Result<Shared> {
         let store = Store::open(&config.database, &config.base_dir()).await?;
         let pages = Pages::new(&config.newsletter);
+        let origin = origin_of(&config.newsletter.base_url);
         let catalogue = Catalogue::new(Arc::new(config), Site::Live, SENT_TTL)?;
         Ok(Shared {
             signer,
             store,
             pages,
             catalogue,
+            origin,
         })
+    }
+}
+
+/// `https://News.example.org:443/path` -> `https://news.example.org`, as
+/// a browser writes `Origin` (default ports left out).
+pub(crate) fn origin_of(base_url: &str) -> String {
+    let url = base_url.trim();
+    let host_start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[host_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| host_start + i);
+    let origin = url[..end].to_ascii_lowercase();
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if origin.starts_with(scheme)
+            && let Some(bare) = origin.strip_suffix(port)
+        {
+            return bare.to_string();
+        }
+    }
+    origin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_of;
+
+    #[test]
+    fn origins_are_what_browsers_send() {
+        assert_eq!(
+            origin_of("https://News.Example.org/n/"),
+            "https://news.example.org"
+        );
+        assert_eq!(origin_of("https://x.org:443"), "https://x.org");
+        assert_eq!(origin_of("http://x.org:80/"), "http://x.org");
+        assert_eq!(origin_of("https://x.org:8443/a?b"), "https://x.org:8443");
     }
 }
 
@@ -164,6 +208,14 @@ fn unavailable(state: &Shared, what: &str, e: impl std::fmt::Display) -> Respons
     html(StatusCode::SERVICE_UNAVAILABLE, state.pages.unavailable())
 }
 
+fn page_failed(state: &Shared) -> Response {
+    html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        state.pages.page_failed("/issues/"),
+    )
+    .note(LogNote::outcome("page-failed"))
+}
+
 async fn index(State(state): State<AppState>) -> Response {
     match state.catalogue.published(&state.store).await {
         Ok((published, left_out)) => {
@@ -218,6 +270,12 @@ async fn issue(
     match state.catalogue.page(&state.store, &slug).await {
         Ok(Some((_, page))) => html(StatusCode::OK, page.to_string()),
         Ok(None) => not_found(State(state)).await,
+        // Logged when it happened; the same 500 until the file changes.
+        Err(issues::IssueError::FailedBefore(_)) => page_failed(&state),
+        Err(e) if e.is_page_failure() => {
+            log_error(&format!("issue {slug}: {e}"));
+            page_failed(&state)
+        }
         Err(e) => unavailable(&state, &format!("issue {slug}"), e),
     }
 }

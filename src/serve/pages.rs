@@ -49,6 +49,8 @@ struct Form {
     intro: String,
     action: &'static str,
     button: String,
+    /// The resubscribe form's proof that it came from this page.
+    csrf: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,13 +155,15 @@ impl Pages {
                 intro: String::new(),
                 action: "unsubscribe",
                 button: "Unsubscribe".into(),
+                csrf: None,
             }),
             link: None,
         })
     }
 
-    /// After an unsubscribe (also a repeated one): offers to come back.
-    pub fn unsubscribed(&self) -> String {
+    /// After an unsubscribe (also a repeated one): offers to come back,
+    /// with the form's `csrf` field.
+    pub fn unsubscribed(&self, csrf: &str) -> String {
         let name = self.name();
         self.message(Message {
             heading: "You are unsubscribed".into(),
@@ -168,6 +172,7 @@ impl Pages {
                 intro: "Unsubscribed by mistake?".into(),
                 action: "resubscribe",
                 button: "Subscribe again".into(),
+                csrf: Some(csrf.to_string()),
             }),
             link: None,
         })
@@ -184,6 +189,7 @@ impl Pages {
                 intro: "Changed your mind?".into(),
                 action: "unsubscribe",
                 button: "Unsubscribe".into(),
+                csrf: None,
             }),
             link: None,
         })
@@ -235,6 +241,33 @@ impl Pages {
             heading: "Please try again later".into(),
             paragraphs: vec![
                 "Something went wrong on our side and your request could not be completed. Please try again in a few minutes.".into(),
+            ],
+            form: None,
+            link: None,
+        })
+    }
+
+    /// An issue whose page could not be rendered (the error is logged).
+    pub fn page_failed(&self, index: &str) -> String {
+        self.message(Message {
+            heading: "This issue cannot be shown".into(),
+            paragraphs: vec![
+                "Something in this issue could not be displayed. We have been told; other issues are not affected.".into(),
+            ],
+            form: None,
+            link: Some(Link {
+                href: index.into(),
+                label: "Past issues".into(),
+            }),
+        })
+    }
+
+    /// A resubscribe that did not come from our page's form.
+    pub fn forbidden(&self) -> String {
+        self.message(Message {
+            heading: "This request was not accepted".into(),
+            paragraphs: vec![
+                "Nothing was changed. To subscribe again, open the link from the email and use the button on that page.".into(),
             ],
             form: None,
             link: None,

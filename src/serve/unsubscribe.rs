@@ -34,12 +34,48 @@ pub enum Intent {
     Resubscribe,
 }
 
-fn verify(state: &AppState, path: Result<Path<String>, PathRejection>) -> Option<Claim> {
+fn verify(state: &AppState, path: Result<Path<String>, PathRejection>) -> Option<(String, Claim)> {
     let Path(token) = path.ok()?;
     if token.len() > MAX_TOKEN {
         return None;
     }
-    state.signer.verify(&token).ok()
+    let claim = state.signer.verify(&token).ok()?;
+    Some((token, claim))
+}
+
+fn unix_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+/// Whether a resubscribe is the page's own form, sent deliberately from
+/// our origin: urlencoded (what a form sends; a script's `text/plain` is
+/// not), a fresh `csrf` field made for this link, and no sign of another
+/// site (`Origin`, `Sec-Fetch-Site`) where the browser gives one.
+fn deliberate(state: &AppState, token: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let urlencoded = header("content-type").is_some_and(|ct| {
+        ct.split(';').next().is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    });
+    // Our public origin (behind the proxy), or the host the browser
+    // asked (reached directly): either way not another site.
+    let same_origin = header("origin").is_none_or(|o| {
+        let o = super::origin_of(o);
+        o == state.origin
+            || header("host").is_some_and(|h| {
+                o.split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(h))
+            })
+    });
+    let same_site = header("sec-fetch-site").is_none_or(|s| s == "same-origin" || s == "none");
+    let csrf = form_urlencoded::parse(body)
+        .find(|(k, _)| k == "csrf")
+        .is_some_and(|(_, v)| state.signer.verify_form_token(token, &v, unix_minute()));
+    urlencoded && same_origin && same_site && csrf
 }
 
 fn invalid(state: &AppState) -> Response {
@@ -50,7 +86,7 @@ pub async fn page(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let Some(claim) = verify(&state, path) else {
+    let Some((_, claim)) = verify(&state, path) else {
         return invalid(&state);
     };
     // The issue's title is a courtesy: a missing or broken file does not
@@ -71,7 +107,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(claim) = verify(&state, path) else {
+    let Some((token, claim)) = verify(&state, path) else {
         return invalid(&state);
     };
     let content_type = headers
@@ -81,6 +117,11 @@ pub async fn post(
         return html(StatusCode::BAD_REQUEST, state.pages.bad_request())
             .note(LogNote::new(&claim.issue, "bad-request"));
     };
+    if intent == Intent::Resubscribe && !deliberate(&state, &token, &headers, &body) {
+        return html(StatusCode::FORBIDDEN, state.pages.forbidden())
+            .note(LogNote::new(&claim.issue, "forbidden"));
+    }
+    let csrf = state.signer.form_token(&token, unix_minute());
     let hash = hex(&claim.email_hash);
     let store = &state.store;
     let result = match intent {
@@ -95,11 +136,11 @@ pub async fn post(
                 .await
                 .map(|o| match o {
                     UnsubscribeOutcome::Unsubscribed | UnsubscribeOutcome::Suppressed => {
-                        (state.pages.unsubscribed(), "unsubscribed")
+                        (state.pages.unsubscribed(&csrf), "unsubscribed")
                     }
                     UnsubscribeOutcome::AlreadyUnsubscribed
                     | UnsubscribeOutcome::AlreadySuppressed => {
-                        (state.pages.unsubscribed(), "already")
+                        (state.pages.unsubscribed(&csrf), "already")
                     }
                 })
         }
@@ -109,7 +150,9 @@ pub async fn post(
             .map(|o| match o {
                 ResubscribeOutcome::Resubscribed => (state.pages.resubscribed(), "resubscribed"),
                 ResubscribeOutcome::AlreadyActive => (state.pages.resubscribed(), "already"),
-                ResubscribeOutcome::Bounced => (state.pages.resubscribe_refused(), "refused"),
+                ResubscribeOutcome::Bounced | ResubscribeOutcome::NotSelfService => {
+                    (state.pages.resubscribe_refused(), "refused")
+                }
                 ResubscribeOutcome::NotFound => (state.pages.resubscribe_refused(), "not-found"),
             }),
     };

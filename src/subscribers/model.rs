@@ -248,6 +248,9 @@ pub enum ResubscribeOutcome {
     AlreadyActive,
     /// A bounced address is not re-activated by a link.
     Bounced,
+    /// The person did not unsubscribe themselves (an administrator did,
+    /// or a bounce or complaint): a link does not undo that.
+    NotSelfService,
     /// Not in the store (an unsubscribe-only suppression for it is lifted,
     /// so the person can be added again; an erasure stays).
     NotFound,

@@ -693,6 +693,9 @@ impl Store {
             Some(mut r) => match parse_status(&r.text(1)) {
                 Status::Active => ResubscribeOutcome::AlreadyActive,
                 Status::Bounced => ResubscribeOutcome::Bounced,
+                Status::Unsubscribed if !self_service(&mut tx, &hash).await? => {
+                    ResubscribeOutcome::NotSelfService
+                }
                 Status::Unsubscribed => {
                     tx.exec(
                         "UPDATE subscribers SET status = 'active', unsubscribed_at = NULL, updated_at = $1 WHERE id = $2",
@@ -703,6 +706,7 @@ impl Store {
                     ResubscribeOutcome::Resubscribed
                 }
             },
+            None if !self_service(&mut tx, &hash).await? => ResubscribeOutcome::NotFound,
             None => {
                 let n = tx
                     .exec(
@@ -1087,6 +1091,25 @@ impl Store {
             .map(|mut r| (r.text(0), r.text(1), r.text(2)))
             .collect())
     }
+}
+
+/// Sources of an unsubscribe the person made themselves (the links of
+/// `tidings serve`); only those may be undone from a link.
+const SELF_SERVICE_SOURCES: &[&str] = &["one-click", "link"];
+
+/// Whether the last time this address stopped receiving mail (unsubscribe,
+/// bounce, removal) was the person's own unsubscribe from a link.
+async fn self_service(tx: &mut Tx<'_>, hash: &str) -> Result<bool, StoreError> {
+    let row = tx
+        .one(
+            "SELECT event, source FROM subscriber_events WHERE email_hash = $1 \
+             AND event IN ('unsubscribed', 'bounced', 'removed') ORDER BY id DESC LIMIT 1",
+            vec![hash.to_string().into()],
+        )
+        .await?;
+    Ok(row.is_some_and(|mut r| {
+        r.text(0) == "unsubscribed" && SELF_SERVICE_SOURCES.contains(&r.text(1).as_str())
+    }))
 }
 
 /// Suppression reasons.
