@@ -105,6 +105,8 @@ impl Rng {
 
 struct Variant {
     name: &'static str,
+    /// Its PostgreSQL database (variants run in parallel).
+    database: &'static str,
     n: usize,
     rate: &'static str,
     postgres: bool,
@@ -128,7 +130,7 @@ fn run_variant(v: Variant) {
     let csv = support::email_csv((0..v.n).map(|i| format!("r{i:05}@example.org")));
     fs::write(dir.join("list.csv"), csv).unwrap();
     let db = if v.postgres {
-        Db::Postgres(support::fresh_database("tidings_crash"))
+        Db::Postgres(support::fresh_database(v.database))
     } else {
         Db::Sqlite(dir.join("subscribers/subscribers.db"))
     };
@@ -174,11 +176,12 @@ fn run_variant(v: Variant) {
         std::thread::sleep(Duration::from_millis(rng.between(100, 400)));
         let i = rng.between(0, running.len() as u64 - 1) as usize;
         let mut victim = running.swap_remove(i);
-        if victim.child.try_wait().unwrap().is_some() {
-            // It finished before its kill: the campaign was done too soon.
+        if let Some(status) = victim.child.try_wait().unwrap() {
+            let out = victim.child.wait_with_output().unwrap();
             panic!(
-                "{}: the send finished after {kills} kills; give it more recipients",
-                v.name
+                "{}: the send ended ({status}) after {kills} kills: too few recipients, or it failed: {}",
+                v.name,
+                String::from_utf8_lossy(&out.stderr)
             );
         }
         victim.child.kill().unwrap();
@@ -267,6 +270,7 @@ fn needs_postgres() {
 fn sqlite_unthrottled_killed_at_random() {
     run_variant(Variant {
         name: "sqlite unthrottled",
+        database: "-",
         n: 2000,
         rate: "unlimited",
         postgres: false,
@@ -279,6 +283,7 @@ fn sqlite_unthrottled_killed_at_random() {
 fn sqlite_at_a_rate_killed_at_random() {
     run_variant(Variant {
         name: "sqlite 300/s",
+        database: "-",
         n: 1500,
         rate: "300/s",
         postgres: false,
@@ -292,6 +297,7 @@ fn postgres_unthrottled_killed_at_random() {
     needs_postgres();
     run_variant(Variant {
         name: "postgres unthrottled",
+        database: "tidings_crash_unthrottled",
         n: 2000,
         rate: "unlimited",
         postgres: true,
@@ -305,6 +311,7 @@ fn postgres_at_a_rate_killed_at_random() {
     needs_postgres();
     run_variant(Variant {
         name: "postgres 300/s",
+        database: "tidings_crash_rate",
         n: 1500,
         rate: "300/s",
         postgres: true,
@@ -318,6 +325,7 @@ fn postgres_workers_killed_at_random() {
     needs_postgres();
     run_variant(Variant {
         name: "postgres 2 workers",
+        database: "tidings_crash_workers",
         n: 4000,
         rate: "unlimited",
         postgres: true,

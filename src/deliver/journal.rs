@@ -103,6 +103,15 @@ pub struct Journal {
     runner: String,
     /// Set when this process is one of several workers (PostgreSQL).
     worker: Option<String>,
+    /// The connection `record` keeps.
+    recorder: Recorder,
+}
+
+/// A pool connection kept for recording (by the database's kind).
+#[derive(Default)]
+struct Recorder {
+    sqlite: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>>,
+    postgres: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
 }
 
 /// What happened when a send started.
@@ -419,6 +428,7 @@ impl Journal {
                 campaign,
                 runner,
                 worker: None,
+                recorder: Recorder::default(),
             },
             recovered,
         ))
@@ -499,6 +509,7 @@ impl Journal {
             campaign,
             runner: worker.to_string(),
             worker: Some(worker.to_string()),
+            recorder: Recorder::default(),
         };
         let recovered = journal.reclaim(true).await?;
         let mut journal = journal;
@@ -709,34 +720,82 @@ impl Journal {
         let id = self.campaign.id;
         let now = now_ms();
         let err = |e| self.db.error("record sends", e);
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(err)?;
-            for key in on_wire {
-                sqlx::query(
-                    "UPDATE deliveries SET on_wire = 1 WHERE campaign_id = $1 AND email_key = $2 AND status = 'sending'",
-                )
-                .bind(id)
-                .bind(key)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+        // Rows going on the wire and rows sent, the common case, in one
+        // statement per chunk (one round trip, and on its own one commit):
+        // (key, sent, attempts, message id). A row whose outcome is here
+        // too needs no mark.
+        let finished: std::collections::HashSet<&str> = outcomes.iter().map(|o| o.key()).collect();
+        let mut rows: Vec<(&str, i64, i64, Option<&str>)> = on_wire
+            .iter()
+            .filter(|k| !finished.contains(k.as_str()))
+            .map(|k| (k.as_str(), 0, 0, None))
+            .collect();
+        let mut others = Vec::new();
+        for o in outcomes {
+            match o {
+                Outcome::Sent {
+                    key,
+                    message_id,
+                    attempts,
+                } => rows.push((key, 1, i64::from(*attempts), Some(message_id))),
+                o => others.push(o),
             }
-            for o in outcomes {
+        }
+        const CHUNK: usize = 500;
+        let batch_sql = |n: usize| {
+            let values = (0..n)
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, ${})",
+                        4 * i + 3,
+                        4 * i + 4,
+                        4 * i + 5,
+                        4 * i + 6
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Only numbered placeholders are interpolated. VALUES columns
+            // are column1… in both databases.
+            format!(
+                "UPDATE deliveries SET
+                     on_wire = 1 - v.column2,
+                     status = CASE WHEN v.column2 = 1 THEN 'sent' ELSE deliveries.status END,
+                     attempts = CASE WHEN v.column2 = 1 THEN v.column3 ELSE deliveries.attempts END,
+                     sent_at = CASE WHEN v.column2 = 1 THEN $2 ELSE deliveries.sent_at END,
+                     message_id = CASE WHEN v.column2 = 1 THEN v.column4 ELSE deliveries.message_id END,
+                     last_code = CASE WHEN v.column2 = 1 THEN NULL ELSE deliveries.last_code END,
+                     last_error = CASE WHEN v.column2 = 1 THEN NULL ELSE deliveries.last_error END
+                 FROM (VALUES {values}) AS v
+                 WHERE deliveries.campaign_id = $1 AND deliveries.email_key = v.column1
+                   AND (v.column2 = 1 OR deliveries.status = 'sending')"
+            )
+        };
+        macro_rules! batch {
+            ($chunk:expr) => {{
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(batch_sql($chunk.len())))
+                    .bind(id)
+                    .bind(now);
+                for (key, sent, attempts, message_id) in $chunk {
+                    q = q.bind(*key).bind(*sent).bind(*attempts).bind(*message_id);
+                }
+                q
+            }};
+        }
+        // On a connection of its own, kept: no pool round trip per commit.
+        macro_rules! record_on {
+            ($conn:ident) => {{
+            if others.is_empty() && !rows.is_empty() && rows.len() <= CHUNK {
+                batch!(&rows).execute(&mut **$conn).await.map_err(err)?;
+                return Ok(());
+            }
+            let mut tx = sqlx::Connection::begin(&mut **$conn).await.map_err(err)?;
+            for chunk in rows.chunks(CHUNK) {
+                batch!(chunk).execute(&mut *tx).await.map_err(err)?;
+            }
+            for o in others {
                 match o {
-                    Outcome::Sent { key, message_id, attempts } => {
-                        sqlx::query(
-                            "UPDATE deliveries SET status = 'sent', on_wire = 0, attempts = $1, sent_at = $2, message_id = $3, last_code = NULL, last_error = NULL
-                             WHERE campaign_id = $4 AND email_key = $5",
-                        )
-                        .bind(*attempts as i64)
-                        .bind(now)
-                        .bind(message_id)
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
+                    Outcome::Sent { .. } => unreachable!("recorded above"),
                     Outcome::Deferred { key, attempts, retry_at, error } => {
                         sqlx::query(
                             "UPDATE deliveries SET status = 'deferred', on_wire = 0, attempts = $1, next_attempt_at = $2, last_code = $3, last_error = $4, worker = NULL
@@ -813,8 +872,42 @@ impl Journal {
                 }
             }
             tx.commit().await.map_err(err)?;
-        });
-        Ok(())
+            }};
+        }
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut held = self.recorder.sqlite.lock().await;
+                if held.is_none() {
+                    *held = Some(pool.acquire().await.map_err(err)?);
+                }
+                let conn = held.as_mut().expect("just set");
+                let result: Result<(), StoreError> = async {
+                    record_on!(conn);
+                    Ok(())
+                }
+                .await;
+                if result.is_err() {
+                    *held = None;
+                }
+                result
+            }
+            Db::Postgres(pool) => {
+                let mut held = self.recorder.postgres.lock().await;
+                if held.is_none() {
+                    *held = Some(pool.acquire().await.map_err(err)?);
+                }
+                let conn = held.as_mut().expect("just set");
+                let result: Result<(), StoreError> = async {
+                    record_on!(conn);
+                    Ok(())
+                }
+                .await;
+                if result.is_err() {
+                    *held = None;
+                }
+                result
+            }
+        }
     }
 
     /// When the earliest deferred row is due, if any is waiting. A worker

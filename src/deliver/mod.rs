@@ -97,6 +97,17 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The recipient's key.
+    pub fn key(&self) -> &str {
+        match self {
+            Outcome::Sent { key, .. }
+            | Outcome::Deferred { key, .. }
+            | Outcome::Failed { key, .. } => key,
+        }
+    }
+}
+
 /// Takes finished messages somewhere.
 pub trait Transport: Send + Sync {
     /// Sends one message; `Ok` means the receiving side accepted it.

@@ -367,12 +367,23 @@ struct Committer {
     recorded: watch::Sender<Result<u64, String>>,
 }
 
+/// How long an outcome no one waits for may stay unrecorded.
+const IDLE: Duration = Duration::from_millis(50);
+
 #[derive(Default)]
 struct Handed {
     last: u64,
     on_wire: Vec<String>,
     outcomes: Vec<Outcome>,
+    /// Someone waits, or a row goes on the wire: record now.
+    urgent: bool,
     closed: bool,
+}
+
+impl Handed {
+    fn is_empty(&self) -> bool {
+        self.on_wire.is_empty() && self.outcomes.is_empty()
+    }
 }
 
 impl Committer {
@@ -384,28 +395,40 @@ impl Committer {
         }
     }
 
-    fn hand_in(&self, f: impl FnOnce(&mut Handed)) -> u64 {
+    fn hand_in(&self, urgent: bool, f: impl FnOnce(&mut Handed)) -> u64 {
         let ticket = {
             let mut h = self.state.lock().unwrap();
             f(&mut h);
+            h.urgent |= urgent;
             h.last += 1;
             h.last
         };
-        self.wake.notify_one();
+        if urgent {
+            self.wake.notify_one();
+        }
         ticket
     }
 
+    /// A row goes on the wire: recording starts now (with whatever else
+    /// was handed in), while its message is built and sent.
     fn on_wire(&self, key: String) -> u64 {
-        self.hand_in(|h| h.on_wire.push(key))
+        self.hand_in(true, |h| h.on_wire.push(key))
     }
 
+    /// An outcome: recorded with the next row going on the wire (usually
+    /// the next message on the same connection, a moment later: one
+    /// commit for both), when someone waits for it, or within `IDLE`.
     fn outcome(&self, outcome: Outcome) -> u64 {
-        self.hand_in(|h| h.outcomes.push(outcome))
+        self.hand_in(false, |h| h.outcomes.push(outcome))
     }
 
     /// Waits until `ticket` is recorded.
     async fn recorded(&self, ticket: u64) -> Result<(), SendError> {
         let mut rx = self.recorded.subscribe();
+        if rx.borrow().as_ref().is_ok_and(|t| *t < ticket) {
+            self.state.lock().unwrap().urgent = true;
+            self.wake.notify_one();
+        }
         let seen = rx
             .wait_for(|r| r.as_ref().map_or(true, |t| *t >= ticket))
             .await
@@ -433,22 +456,31 @@ impl Committer {
 
     /// The writer: runs until closed and drained, or a write fails.
     async fn run<Q: Queue>(self: Arc<Self>, queue: Arc<Q>) -> Result<(), DbError> {
+        let mut timed_out = false;
         loop {
-            let (on_wire, outcomes, upto) = {
+            let taken = {
                 let mut h = self.state.lock().unwrap();
-                if h.on_wire.is_empty() && h.outcomes.is_empty() && h.closed {
+                if h.is_empty() && h.closed {
                     return Ok(());
                 }
-                (
-                    std::mem::take(&mut h.on_wire),
-                    std::mem::take(&mut h.outcomes),
-                    h.last,
-                )
+                if !h.is_empty() && (h.urgent || h.closed || timed_out) {
+                    h.urgent = false;
+                    Some((
+                        std::mem::take(&mut h.on_wire),
+                        std::mem::take(&mut h.outcomes),
+                        h.last,
+                    ))
+                } else {
+                    None
+                }
             };
-            if on_wire.is_empty() && outcomes.is_empty() {
-                self.wake.notified().await;
+            let Some((on_wire, outcomes, upto)) = taken else {
+                timed_out = tokio::time::timeout(IDLE, self.wake.notified())
+                    .await
+                    .is_err();
                 continue;
-            }
+            };
+            timed_out = false;
             if let Err(e) = queue.record(&on_wire, &outcomes).await {
                 self.recorded.send_modify(|r| *r = Err(e.to_string()));
                 return Err(e);
