@@ -259,7 +259,7 @@ fn the_printed_rate_never_exceeds_the_set_rate() {
         let p = Project::new(server.port);
         fs::write(
             p.path("list.csv"),
-            support::email_csv(addresses(n).into_iter()),
+            support::email_csv(addresses(n)),
         )
         .unwrap();
         let out = p.run(&[
