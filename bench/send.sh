@@ -15,6 +15,9 @@
 #     journal's send times, the achieved rate over every 60-second window
 #     and the most messages in any one second.
 #
+# BENCH_PARTS=b (any of a, b, c; default abc) runs only those parts;
+# TIDINGS_BIN=path measures that binary instead of building one.
+#
 # Needs postfix's smtp-sink/smtp-source and /usr/bin/time (scripts/test.sh
 # installs them). Run on an idle machine: smtp-sink shares the 2 cores.
 set -euo pipefail
@@ -22,6 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 n_dry=${1:-100000}
 n_smtp=${2:-20000}
 rate_secs=${3:-60}
+parts=${BENCH_PARTS:-abc}
 
 die() { printf 'bench/send.sh: error: %s\n' "$*" >&2; exit 1; }
 sink=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
@@ -38,9 +42,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building (release)…"
-cargo build --release --quiet
-bin=$PWD/target/release/tidings
+if [ -n "${TIDINGS_BIN:-}" ]; then
+	bin=$(realpath "$TIDINGS_BIN")
+else
+	echo "building (release)…"
+	cargo build --release --quiet
+	bin=${CARGO_TARGET_DIR:-$PWD/target}/release/tidings
+fi
 unset "${!TIDINGS_@}"
 export TIDINGS_UNSUBSCRIBE_SECRET=bench-secret-0123456789abcdef
 
@@ -79,10 +87,12 @@ dry_run() { # n -> "rate rss_mb"
 	rm -rf "$shm/out"
 	echo "$rate $(awk '{ printf "%d", $1 / 1024 }' "$work/dry$n.mem")"
 }
-echo "(a) dry run from the store…"
-read -r dry_rate dry_mb < <(dry_run "$n_dry")
 small=$((n_dry / 5))
-read -r dry_small_rate dry_small_mb < <(dry_run "$small")
+if [[ $parts == *a* ]]; then
+	echo "(a) dry run from the store…"
+	read -r dry_rate dry_mb < <(dry_run "$n_dry")
+	read -r dry_small_rate dry_small_mb < <(dry_run "$small")
+fi
 
 # ------------------------------------------------------------------ (b)
 port=$((20000 + RANDOM % 20000))
@@ -112,14 +122,16 @@ source_send() { # concurrency -> messages/s
 	t1=$EPOCHREALTIME
 	awk -v a="$t0" -v b="$t1" -v n="$n_smtp" 'BEGIN { printf "%.1f", n / (b - a) }'
 }
-echo "(b) unthrottled send to smtp-sink, $n_smtp messages of $size bytes…"
+[[ $parts != *b* ]] || echo "(b) unthrottled send to smtp-sink, $n_smtp messages of $size bytes…"
 declare -A smtp
 for c in 4 16; do
+	[[ $parts == *b* ]] || break
 	smtp[t$c]=$(tidings_send "$c")
 	smtp[s$c]=$(source_send "$c")
 done
 
 # ------------------------------------------------------------------ (c)
+if [[ $parts == *c* ]]; then
 echo "(c) rate accuracy at 50/s for $((rate_secs + 15))s…"
 rate_dir=$work/rate
 project "$rate_dir"
@@ -144,13 +156,17 @@ for x in times:
 print(f"{min(rates):.2f} {max(rates):.2f} {max(per_second.values())}")
 EOF
 )
+fi
 
 echo
 echo "results (2-core machine; $(date -u +%F))"
-printf '  (a) dry run, %d recipients from SQLite: %s messages/s, peak memory %s MB\n' "$n_dry" "$dry_rate" "$dry_mb"
-printf '      dry run, %d recipients:            %s messages/s, peak memory %s MB\n' "$small" "$dry_small_rate" "$dry_small_mb"
+if [[ $parts == *a* ]]; then
+	printf '  (a) dry run, %d recipients from SQLite: %s messages/s, peak memory %s MB\n' "$n_dry" "$dry_rate" "$dry_mb"
+	printf '      dry run, %d recipients:            %s messages/s, peak memory %s MB\n' "$small" "$dry_small_rate" "$dry_small_mb"
+fi
 for c in 4 16; do
+	[[ $parts == *b* ]] || break
 	printf '  (b) %2d connections: tidings %s/s, smtp-source %s/s: %s%%\n' "$c" "${smtp[t$c]}" "${smtp[s$c]}" \
 		"$(awk -v a="${smtp[t$c]}" -v b="${smtp[s$c]}" 'BEGIN { printf "%.0f", 100 * a / b }')"
 done
-printf '  (c) 50/s: every 60 s window between %s and %s messages/s; at most %s in any one second\n' "$win_min" "$win_max" "$max_second"
+[[ $parts != *c* ]] || printf '  (c) 50/s: every 60 s window between %s and %s messages/s; at most %s in any one second\n' "$win_min" "$win_max" "$max_second"

@@ -823,11 +823,13 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
                     None if live => "sending".into(),
                     None => format!("dead: silent since {}", format_time(w.heartbeat_at)),
                 };
-                let in_flight = if live || w.in_flight == 0 {
-                    format!("in flight {}", w.in_flight)
+                // In flight: messages that may have reached the server
+                // (rows claimed but not started go back without harm).
+                let in_flight = if live || w.on_wire == 0 {
+                    format!("in flight {}", w.on_wire)
                 } else {
-                    held_by_gone += w.in_flight;
-                    format!("left in flight {}", w.in_flight)
+                    held_by_gone += w.on_wire;
+                    format!("left in flight {}", w.on_wire)
                 };
                 let _ = writeln!(
                     out,
@@ -835,7 +837,7 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
                     w.worker, w.claimed, w.sent, w.failed, w.rate
                 );
             }
-            let in_flight = counts.sending.saturating_sub(held_by_gone);
+            let in_flight = counts.on_wire.saturating_sub(held_by_gone);
             if in_flight > 0 {
                 let _ = writeln!(
                     out,

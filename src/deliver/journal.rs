@@ -3,10 +3,12 @@
 //! deferred, failed, skipped).
 //!
 //! A row becomes `sent` only after the server accepted the message. Rows
-//! are claimed (`sending`) just before they go out, so after a crash the
-//! only rows that may have reached the server without being recorded are
-//! the `sending` ones: the next run counts them as possible duplicates and
-//! sends them again. Nothing is lost.
+//! are claimed (`sending`) a little ahead; a claimed row is marked
+//! `on_wire` (committed) before the server can accept its message, and the
+//! mark is cleared with its outcome. After a crash the only rows that may
+//! have reached the server without being recorded are those on the wire:
+//! the next run counts them as possible duplicates and sends them again;
+//! the other claimed rows simply go back to the queue. Nothing is lost.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,6 +65,9 @@ pub struct Counts {
     pub total: u64,
     pub pending: u64,
     pub sending: u64,
+    /// Of `sending`: messages that may have reached the server (a run that
+    /// dies leaves these as possible duplicates).
+    pub on_wire: u64,
     pub sent: u64,
     pub deferred: u64,
     pub failed: u64,
@@ -98,6 +103,15 @@ pub struct Journal {
     runner: String,
     /// Set when this process is one of several workers (PostgreSQL).
     worker: Option<String>,
+    /// The connection `record` keeps.
+    recorder: Recorder,
+}
+
+/// A pool connection kept for recording (by the database's kind).
+#[derive(Default)]
+struct Recorder {
+    sqlite: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>>,
+    postgres: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
 }
 
 /// What happened when a send started.
@@ -376,15 +390,25 @@ impl Journal {
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
+            // Only rows on the wire may have reached the server; the rest
+            // were claimed but never started.
             let n = sqlx::query(
-                "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL
-                 WHERE campaign_id = $1 AND status = 'sending'",
+                "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL, on_wire = 0
+                 WHERE campaign_id = $1 AND status = 'sending' AND on_wire = 1",
             )
             .bind(campaign.id)
             .execute(&mut *tx)
             .await
             .map_err(err)?
             .rows_affected();
+            sqlx::query(
+                "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL
+                 WHERE campaign_id = $1 AND status = 'sending'",
+            )
+            .bind(campaign.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
             if n > 0 {
                 sqlx::query("UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2")
                     .bind(n as i64)
@@ -404,6 +428,7 @@ impl Journal {
                 campaign,
                 runner,
                 worker: None,
+                recorder: Recorder::default(),
             },
             recovered,
         ))
@@ -484,6 +509,7 @@ impl Journal {
             campaign,
             runner: worker.to_string(),
             worker: Some(worker.to_string()),
+            recorder: Recorder::default(),
         };
         let recovered = journal.reclaim(true).await?;
         let mut journal = journal;
@@ -501,20 +527,29 @@ impl Journal {
         let err = |e| self.db.error("reclaim recipients of a stopped worker", e);
         let stale = now_ms() - WORKER_STALE.as_millis() as i64;
         let mut tx = pool.begin().await.map_err(err)?;
-        let n = sqlx::query(
-            "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL
-             WHERE campaign_id = $1 AND status = 'sending'
-               AND ((worker = $2 AND $3)
-                    OR worker IN (SELECT worker FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at < $4 AND worker <> $2))",
-        )
-        .bind(self.campaign.id)
-        .bind(&self.runner)
-        .bind(own)
-        .bind(stale)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?
-        .rows_affected();
+        // Rows on the wire first (counted: they may have reached the
+        // server), then the ones claimed but never started.
+        let mut n = 0;
+        for which in ["on_wire = 1", "on_wire = 0"] {
+            // Built only from the two constant conditions above.
+            let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL, on_wire = 0
+                 WHERE campaign_id = $1 AND status = 'sending' AND {which}
+                   AND ((worker = $2 AND $3)
+                        OR worker IN (SELECT worker FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at < $4 AND worker <> $2))",
+            )))
+            .bind(self.campaign.id)
+            .bind(&self.runner)
+            .bind(own)
+            .bind(stale)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+            if which == "on_wire = 1" {
+                n = moved;
+            }
+        }
         if n > 0 {
             sqlx::query(
                 "UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2",
@@ -628,7 +663,7 @@ impl Journal {
                 .await
                 .map_err(err)?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE deliveries SET status = 'sending', worker = $4
+                    "UPDATE deliveries SET status = 'sending', worker = $4, on_wire = 0
                      WHERE campaign_id = $1 AND {}
                      RETURNING seq, email_key, email, first_name, last_name, attributes, attempts",
                     within(select)
@@ -660,7 +695,7 @@ impl Journal {
             let mut tx = pool.begin().await.map_err(err)?;
             for k in keys {
                 sqlx::query(
-                    "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL
+                    "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL, on_wire = 0
                      WHERE campaign_id = $1 AND email_key = $2 AND status = 'sending'",
                 )
                 .bind(self.campaign.id)
@@ -674,35 +709,96 @@ impl Journal {
         Ok(())
     }
 
-    /// Records outcomes in one transaction; bounces also mark the subscriber.
-    pub async fn record(&self, outcomes: &[Outcome]) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
+    /// Records, in one transaction, the claimed rows whose messages are
+    /// about to reach the server (`on_wire`) and the outcomes of finished
+    /// attempts; bounces also mark the subscriber. The send loop lets the
+    /// server accept a message only after this commit.
+    pub async fn record(&self, on_wire: &[String], outcomes: &[Outcome]) -> Result<(), StoreError> {
+        if on_wire.is_empty() && outcomes.is_empty() {
             return Ok(());
         }
         let id = self.campaign.id;
         let now = now_ms();
         let err = |e| self.db.error("record sends", e);
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(err)?;
-            for o in outcomes {
+        // Rows going on the wire and rows sent, the common case, in one
+        // statement per chunk (one round trip, and on its own one commit):
+        // (key, sent, attempts, message id). A row whose outcome is here
+        // too needs no mark.
+        let finished: std::collections::HashSet<&str> = outcomes.iter().map(|o| o.key()).collect();
+        let mut rows: Vec<(&str, i64, i64, Option<&str>)> = on_wire
+            .iter()
+            .filter(|k| !finished.contains(k.as_str()))
+            .map(|k| (k.as_str(), 0, 0, None))
+            .collect();
+        let mut others = Vec::new();
+        for o in outcomes {
+            match o {
+                Outcome::Sent {
+                    key,
+                    message_id,
+                    attempts,
+                } => rows.push((key, 1, i64::from(*attempts), Some(message_id))),
+                o => others.push(o),
+            }
+        }
+        const CHUNK: usize = 500;
+        let batch_sql = |n: usize| {
+            let values = (0..n)
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, ${})",
+                        4 * i + 3,
+                        4 * i + 4,
+                        4 * i + 5,
+                        4 * i + 6
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Only numbered placeholders are interpolated. VALUES columns
+            // are column1… in both databases.
+            format!(
+                "UPDATE deliveries SET
+                     on_wire = 1 - v.column2,
+                     status = CASE WHEN v.column2 = 1 THEN 'sent' ELSE deliveries.status END,
+                     attempts = CASE WHEN v.column2 = 1 THEN v.column3 ELSE deliveries.attempts END,
+                     sent_at = CASE WHEN v.column2 = 1 THEN $2 ELSE deliveries.sent_at END,
+                     message_id = CASE WHEN v.column2 = 1 THEN v.column4 ELSE deliveries.message_id END,
+                     last_code = CASE WHEN v.column2 = 1 THEN NULL ELSE deliveries.last_code END,
+                     last_error = CASE WHEN v.column2 = 1 THEN NULL ELSE deliveries.last_error END
+                 FROM (VALUES {values}) AS v
+                 WHERE deliveries.campaign_id = $1 AND deliveries.email_key = v.column1
+                   AND (v.column2 = 1 OR deliveries.status = 'sending')"
+            )
+        };
+        macro_rules! batch {
+            ($chunk:expr) => {{
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(batch_sql($chunk.len())))
+                    .bind(id)
+                    .bind(now);
+                for (key, sent, attempts, message_id) in $chunk {
+                    q = q.bind(*key).bind(*sent).bind(*attempts).bind(*message_id);
+                }
+                q
+            }};
+        }
+        // On a connection of its own, kept: no pool round trip per commit.
+        macro_rules! record_on {
+            ($conn:ident) => {{
+            if others.is_empty() && !rows.is_empty() && rows.len() <= CHUNK {
+                batch!(&rows).execute(&mut **$conn).await.map_err(err)?;
+                return Ok(());
+            }
+            let mut tx = sqlx::Connection::begin(&mut **$conn).await.map_err(err)?;
+            for chunk in rows.chunks(CHUNK) {
+                batch!(chunk).execute(&mut *tx).await.map_err(err)?;
+            }
+            for o in others {
                 match o {
-                    Outcome::Sent { key, message_id, attempts } => {
-                        sqlx::query(
-                            "UPDATE deliveries SET status = 'sent', attempts = $1, sent_at = $2, message_id = $3, last_code = NULL, last_error = NULL
-                             WHERE campaign_id = $4 AND email_key = $5",
-                        )
-                        .bind(*attempts as i64)
-                        .bind(now)
-                        .bind(message_id)
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
+                    Outcome::Sent { .. } => unreachable!("recorded above"),
                     Outcome::Deferred { key, attempts, retry_at, error } => {
                         sqlx::query(
-                            "UPDATE deliveries SET status = 'deferred', attempts = $1, next_attempt_at = $2, last_code = $3, last_error = $4, worker = NULL
+                            "UPDATE deliveries SET status = 'deferred', on_wire = 0, attempts = $1, next_attempt_at = $2, last_code = $3, last_error = $4, worker = NULL
                              WHERE campaign_id = $5 AND email_key = $6",
                         )
                         .bind(*attempts as i64)
@@ -717,7 +813,7 @@ impl Journal {
                     }
                     Outcome::Failed { key, attempts, error, bounced } => {
                         sqlx::query(
-                            "UPDATE deliveries SET status = 'failed', attempts = $1, last_code = $2, last_error = $3
+                            "UPDATE deliveries SET status = 'failed', on_wire = 0, attempts = $1, last_code = $2, last_error = $3
                              WHERE campaign_id = $4 AND email_key = $5",
                         )
                         .bind(*attempts as i64)
@@ -776,8 +872,42 @@ impl Journal {
                 }
             }
             tx.commit().await.map_err(err)?;
-        });
-        Ok(())
+            }};
+        }
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut held = self.recorder.sqlite.lock().await;
+                if held.is_none() {
+                    *held = Some(pool.acquire().await.map_err(err)?);
+                }
+                let conn = held.as_mut().expect("just set");
+                let result: Result<(), StoreError> = async {
+                    record_on!(conn);
+                    Ok(())
+                }
+                .await;
+                if result.is_err() {
+                    *held = None;
+                }
+                result
+            }
+            Db::Postgres(pool) => {
+                let mut held = self.recorder.postgres.lock().await;
+                if held.is_none() {
+                    *held = Some(pool.acquire().await.map_err(err)?);
+                }
+                let conn = held.as_mut().expect("just set");
+                let result: Result<(), StoreError> = async {
+                    record_on!(conn);
+                    Ok(())
+                }
+                .await;
+                if result.is_err() {
+                    *held = None;
+                }
+                result
+            }
+        }
     }
 
     /// When the earliest deferred row is due, if any is waiting. A worker
@@ -866,8 +996,9 @@ impl Journal {
 /// Counts of a campaign's rows by status (and reasons).
 pub async fn counts(db: &Db, campaign: i64) -> Result<Counts, StoreError> {
     let err = |e| db.error("read the send journal", e);
-    let rows: Vec<(String, Option<String>, i64)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT status, CASE WHEN status IN ('skipped', 'failed') THEN last_error ELSE NULL END, COUNT(*)
+    let rows: Vec<(String, Option<String>, i64, i64)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT status, CASE WHEN status IN ('skipped', 'failed') THEN last_error ELSE NULL END, COUNT(*),
+                COALESCE(SUM(on_wire), 0)
          FROM deliveries WHERE campaign_id = $1 GROUP BY 1, 2",
     )
     .bind(campaign)
@@ -875,12 +1006,15 @@ pub async fn counts(db: &Db, campaign: i64) -> Result<Counts, StoreError> {
     .await)
     .map_err(err)?;
     let mut c = Counts::default();
-    for (status, reason, n) in rows {
+    for (status, reason, n, on_wire) in rows {
         let n = n as u64;
         c.total += n;
         match status.as_str() {
             "pending" => c.pending += n,
-            "sending" => c.sending += n,
+            "sending" => {
+                c.sending += n;
+                c.on_wire += on_wire as u64;
+            }
             "sent" => c.sent += n,
             "deferred" => c.deferred += n,
             "failed" => {
@@ -906,6 +1040,8 @@ pub struct WorkerStats {
     pub sent: u64,
     pub failed: u64,
     pub in_flight: u64,
+    /// Of `in_flight`: messages that may have reached the server.
+    pub on_wire: u64,
     /// Its send rate between its first and last accepted message.
     pub rate: f64,
     /// Its last heartbeat.
@@ -926,9 +1062,9 @@ pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, St
     .await)
     .map_err(err)?;
     // worker, status, count, first and last send time
-    type Group = (String, String, i64, Option<i64>, Option<i64>);
+    type Group = (String, String, i64, Option<i64>, Option<i64>, i64);
     let rows: Vec<Group> = on_db!(db, pool => sqlx::query_as(
-        "SELECT worker, status, COUNT(*), MIN(sent_at), MAX(sent_at) FROM deliveries
+        "SELECT worker, status, COUNT(*), MIN(sent_at), MAX(sent_at), COALESCE(SUM(on_wire), 0) FROM deliveries
          WHERE campaign_id = $1 AND worker IS NOT NULL GROUP BY worker, status",
     )
     .bind(campaign)
@@ -944,7 +1080,7 @@ pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, St
             ..WorkerStats::default()
         })
         .collect();
-    for (worker, status, n, first, last) in rows {
+    for (worker, status, n, first, last, on_wire) in rows {
         let Some(w) = out.iter_mut().find(|w| w.worker == worker) else {
             continue;
         };
@@ -959,7 +1095,10 @@ pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, St
                 }
             }
             "failed" => w.failed += n,
-            "sending" => w.in_flight += n,
+            "sending" => {
+                w.in_flight += n;
+                w.on_wire += on_wire as u64;
+            }
             _ => continue,
         }
         w.claimed += n;

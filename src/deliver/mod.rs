@@ -19,6 +19,7 @@ pub mod sources;
 pub mod unsubscribe;
 
 use std::future::Future;
+use std::pin::Pin;
 
 pub use file::FileTransport;
 pub use memory::MemoryTransport;
@@ -96,6 +97,17 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The recipient's key.
+    pub fn key(&self) -> &str {
+        match self {
+            Outcome::Sent { key, .. }
+            | Outcome::Deferred { key, .. }
+            | Outcome::Failed { key, .. } => key,
+        }
+    }
+}
+
 /// Takes finished messages somewhere.
 pub trait Transport: Send + Sync {
     /// Sends one message; `Ok` means the receiving side accepted it.
@@ -105,6 +117,40 @@ pub trait Transport: Send + Sync {
     fn close(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Sends one message under the send loop's `gate`: the receiving side
+    /// may accept it only after `gate.ready(…)` returned, and its result
+    /// goes to `gate.done` before whatever carried it (an SMTP connection)
+    /// takes another message. This default waits before the whole send;
+    /// SMTP waits just before the end of DATA, after the message went out.
+    fn send_gated(
+        &self,
+        message: &Outgoing,
+        gate: &dyn Gate,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        async move {
+            gate.ready(0).await?;
+            let result = self.send(message).await;
+            gate.done(&result);
+            result
+        }
+    }
+}
+
+/// The send loop's hold on the moment a message can no longer be taken
+/// back (for SMTP, the end of DATA): what makes a crash cost at most one
+/// duplicate per connection.
+pub trait Gate: Send + Sync {
+    /// Returns once the server may accept the message: it is recorded as
+    /// on the wire, and so is every outcome whose ticket is `after` or
+    /// lower (the one the same connection carried before). An error means
+    /// it must not go out (the journal cannot record).
+    fn ready(&self, after: u64)
+    -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>>;
+    /// Hands over the attempt's result to be recorded (without waiting);
+    /// returns the ticket to pass to `ready` of the next message on the
+    /// same connection. Only the first call counts.
+    fn done(&self, result: &Result<(), SendError>) -> u64;
 }
 
 /// Errors that stop a delivery run before or outside a single recipient.

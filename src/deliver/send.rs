@@ -27,7 +27,13 @@ pub trait Queue: Send + Sync + 'static {
     fn release(&self, _keys: &[String]) -> impl Future<Output = Result<(), DbError>> + Send {
         async { Ok(()) }
     }
-    fn record(&self, _outcomes: &[Outcome]) -> impl Future<Output = Result<(), DbError>> + Send {
+    /// Records, in one transaction, claimed rows now on the wire and
+    /// outcomes (see `Journal::record`).
+    fn record(
+        &self,
+        _on_wire: &[String],
+        _outcomes: &[Outcome],
+    ) -> impl Future<Output = Result<(), DbError>> + Send {
         async { Ok(()) }
     }
     /// When the next deferred recipient is due (Unix ms), if any.
@@ -60,8 +66,8 @@ impl Queue for Journal {
     async fn release(&self, keys: &[String]) -> Result<(), DbError> {
         Journal::release(self, keys).await
     }
-    async fn record(&self, outcomes: &[Outcome]) -> Result<(), DbError> {
-        Journal::record(self, outcomes).await
+    async fn record(&self, on_wire: &[String], outcomes: &[Outcome]) -> Result<(), DbError> {
+        Journal::record(self, on_wire, outcomes).await
     }
     async fn next_retry_at(&self) -> Result<Option<i64>, DbError> {
         Journal::next_retry_at(self).await
@@ -101,7 +107,8 @@ pub struct SendOptions {
     /// Wait for deferred recipients to come due before returning.
     pub wait_for_retries: bool,
     /// Recipients to claim at a time; by default a few seconds' worth at
-    /// the rate (claimed rows count as in flight if the process dies).
+    /// the rate (a claimed row counts as in flight after a crash only once
+    /// its send started).
     pub batch: Option<usize>,
 }
 
@@ -347,11 +354,189 @@ impl Pace {
     }
 }
 
+/// Group commit of the journal: send tasks hand in rows going on the wire
+/// and outcomes, each gets a ticket, and one writer records everything
+/// handed in so far in one transaction, again and again. A message waits
+/// for its ticket before the server may accept it (see `Gate`), so
+/// whatever a crash leaves unrecorded is at most one message per
+/// connection, while the commit overlaps with sending the message's data.
+struct Committer {
+    state: std::sync::Mutex<Handed>,
+    wake: tokio::sync::Notify,
+    /// The highest ticket recorded, or why recording stopped.
+    recorded: watch::Sender<Result<u64, String>>,
+}
+
+/// How long an outcome no one waits for may stay unrecorded.
+const IDLE: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Handed {
+    last: u64,
+    on_wire: Vec<String>,
+    outcomes: Vec<Outcome>,
+    /// Someone waits, or a row goes on the wire: record now.
+    urgent: bool,
+    closed: bool,
+}
+
+impl Handed {
+    fn is_empty(&self) -> bool {
+        self.on_wire.is_empty() && self.outcomes.is_empty()
+    }
+}
+
+impl Committer {
+    fn new() -> Committer {
+        Committer {
+            state: std::sync::Mutex::new(Handed::default()),
+            wake: tokio::sync::Notify::new(),
+            recorded: watch::Sender::new(Ok(0)),
+        }
+    }
+
+    fn hand_in(&self, urgent: bool, f: impl FnOnce(&mut Handed)) -> u64 {
+        let ticket = {
+            let mut h = self.state.lock().unwrap();
+            f(&mut h);
+            h.urgent |= urgent;
+            h.last += 1;
+            h.last
+        };
+        if urgent {
+            self.wake.notify_one();
+        }
+        ticket
+    }
+
+    /// A row goes on the wire: recording starts now (with whatever else
+    /// was handed in), while its message is built and sent.
+    fn on_wire(&self, key: String) -> u64 {
+        self.hand_in(true, |h| h.on_wire.push(key))
+    }
+
+    /// An outcome: recorded with the next row going on the wire (usually
+    /// the next message on the same connection, a moment later: one
+    /// commit for both), when someone waits for it, or within `IDLE`.
+    fn outcome(&self, outcome: Outcome) -> u64 {
+        self.hand_in(false, |h| h.outcomes.push(outcome))
+    }
+
+    /// Waits until `ticket` is recorded.
+    async fn recorded(&self, ticket: u64) -> Result<(), SendError> {
+        let mut rx = self.recorded.subscribe();
+        if rx.borrow().as_ref().is_ok_and(|t| *t < ticket) {
+            self.state.lock().unwrap().urgent = true;
+            self.wake.notify_one();
+        }
+        let seen = rx
+            .wait_for(|r| r.as_ref().map_or(true, |t| *t >= ticket))
+            .await
+            .map(|r| r.clone());
+        match seen {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(SendError::new(
+                FailureKind::Fatal,
+                None,
+                format!("held back: the send journal cannot record: {e}"),
+            )),
+            Err(_) => Err(SendError::new(
+                FailureKind::Fatal,
+                None,
+                "held back: the send journal stopped",
+            )),
+        }
+    }
+
+    /// Waits until everything handed in so far is recorded.
+    async fn flush(&self) -> Result<(), SendError> {
+        let last = self.state.lock().unwrap().last;
+        self.recorded(last).await
+    }
+
+    /// The writer: runs until closed and drained, or a write fails.
+    async fn run<Q: Queue>(self: Arc<Self>, queue: Arc<Q>) -> Result<(), DbError> {
+        let mut timed_out = false;
+        loop {
+            let taken = {
+                let mut h = self.state.lock().unwrap();
+                if h.is_empty() && h.closed {
+                    return Ok(());
+                }
+                if !h.is_empty() && (h.urgent || h.closed || timed_out) {
+                    h.urgent = false;
+                    Some((
+                        std::mem::take(&mut h.on_wire),
+                        std::mem::take(&mut h.outcomes),
+                        h.last,
+                    ))
+                } else {
+                    None
+                }
+            };
+            let Some((on_wire, outcomes, upto)) = taken else {
+                timed_out = tokio::time::timeout(IDLE, self.wake.notified())
+                    .await
+                    .is_err();
+                continue;
+            };
+            timed_out = false;
+            if let Err(e) = queue.record(&on_wire, &outcomes).await {
+                self.recorded.send_modify(|r| *r = Err(e.to_string()));
+                return Err(e);
+            }
+            self.recorded.send_modify(|r| *r = Ok(upto));
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Retries, as `judge` and the gate need them.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    max_attempts: u32,
+    base: Duration,
+}
+
+/// One message's gate: its row was handed in as on the wire (`wire`);
+/// its outcome is handed in once.
+struct JobGate<'a> {
+    committer: &'a Committer,
+    wire: u64,
+    job: &'a Job,
+    message_id: &'a str,
+    retry: Retry,
+    ticket: std::sync::OnceLock<u64>,
+}
+
+impl super::Gate for JobGate<'_> {
+    fn ready(
+        &self,
+        after: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        Box::pin(self.committer.recorded(self.wire.max(after)))
+    }
+
+    fn done(&self, result: &Result<(), SendError>) -> u64 {
+        *self.ticket.get_or_init(|| {
+            let result = result.clone().map(|()| self.message_id.to_string());
+            self.committer
+                .outcome(outcome_of(self.job, &result, self.retry))
+        })
+    }
+}
+
 /// Everything a send task needs, shared.
 struct Shared<T> {
     transport: T,
     factory: MessageFactory,
     pace: Pace,
+    committer: Arc<Committer>,
+    retry: Retry,
 }
 
 /// A send that cannot record its outcomes must stop: the journal is what
@@ -381,14 +566,22 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
         },
         rate => Pace::Local(Limiter::new(rate)),
     };
+    let committer = Arc::new(Committer::new());
+    let mut writer = tokio::spawn(committer.clone().run(queue.clone()));
     let shared = Arc::new(Shared {
         transport,
         factory,
         pace,
+        committer: committer.clone(),
+        retry: Retry {
+            max_attempts: opts.max_attempts,
+            base: opts.retry_base,
+        },
     });
     let concurrency = opts.concurrency.max(1);
-    // Claim just ahead of sending: rows claimed are "in flight" if we die,
-    // so keep the batch to a few seconds' worth at the configured rate.
+    // Claim a little ahead of sending: a few seconds' worth at the rate.
+    // Claimed rows that were not started go back to the queue after a
+    // crash without counting as possible duplicates.
     let batch = match (opts.batch, opts.rate) {
         (Some(b), _) => b,
         (None, Some(r)) if !r.is_unlimited() => {
@@ -399,17 +592,24 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     .max(1);
     let mut buffer: VecDeque<Job> = VecDeque::new();
     let mut tasks: JoinSet<Attempt> = JoinSet::new();
-    let mut pending_outcomes: Vec<Outcome> = Vec::new();
     let mut stats = RunStats::default();
     let mut consecutive_failures = 0u32;
     let mut started_sends = 0u64;
-    let mut last_flush = Instant::now();
     let mut last_keep_alive = Instant::now();
     let mut released: Vec<String> = Vec::new();
     let mut waiting_noted = false;
     stats.paced = opts.rate.is_some_and(|r| !r.is_unlimited());
 
     loop {
+        if writer.is_finished() {
+            // Recording failed: nothing more may go out.
+            tasks.shutdown().await;
+            return Err(match (&mut writer).await {
+                Ok(Err(e)) => JournalFailed(e),
+                Ok(Ok(())) => JournalFailed(DbError::Io("the journal writer stopped".into())),
+                Err(e) => JournalFailed(DbError::Io(format!("the journal writer failed: {e}"))),
+            });
+        }
         if *stop.borrow() && stats.stopped.is_none() {
             stats.stopped = Some(Stopped::Interrupted);
             progress.stopping();
@@ -448,23 +648,46 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
                         };
                     }
                     Some(Err(e)) => {
-                        let error = SendError::new(FailureKind::Fatal, None, e.to_string());
+                        let error = Err(SendError::new(FailureKind::Fatal, None, e.to_string()));
+                        shared
+                            .committer
+                            .outcome(outcome_of(&job, &error, shared.retry));
                         return Attempt {
                             job,
-                            result: Some(Err(error)),
+                            result: Some(error),
                             started: None,
                         };
                     }
                     Some(Ok(())) => {}
                 }
                 let started = Instant::now();
+                // On the wire from now: recorded while the message is built
+                // and its data goes out; the server gets the end of DATA
+                // only once this is recorded.
+                let wire = shared.committer.on_wire(job.key.clone());
                 let result = match shared.factory.build(&job.recipient) {
-                    Ok(message) => shared
-                        .transport
-                        .send(&message)
-                        .await
-                        .map(|()| message.message_id),
-                    Err(e) => Err(SendError::new(FailureKind::Permanent, None, e.to_string())),
+                    Ok(message) => {
+                        let gate = JobGate {
+                            committer: &shared.committer,
+                            wire,
+                            job: &job,
+                            message_id: &message.message_id,
+                            retry: shared.retry,
+                            ticket: std::sync::OnceLock::new(),
+                        };
+                        let sent = shared.transport.send_gated(&message, &gate).await;
+                        // If the transport did not (a timeout dropped it).
+                        super::Gate::done(&gate, &sent);
+                        sent.map(|()| message.message_id.clone())
+                    }
+                    Err(e) => {
+                        let error =
+                            Err(SendError::new(FailureKind::Permanent, None, e.to_string()));
+                        shared
+                            .committer
+                            .outcome(outcome_of(&job, &error, shared.retry));
+                        error
+                    }
                 };
                 Attempt {
                     job,
@@ -475,7 +698,10 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
         }
 
         if tasks.is_empty() {
-            queue.record(&std::mem::take(&mut pending_outcomes)).await?;
+            // Outcomes recorded before the queue is asked what is left.
+            if committer.flush().await.is_err() {
+                continue;
+            }
             if stats.stopped.is_some() {
                 break;
             }
@@ -526,21 +752,25 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
                 if let Some(at) = attempt.started {
                     stats.started_at(at);
                 }
-                let outcome = judge(attempt, opts, &mut stats, &mut consecutive_failures);
-                pending_outcomes.push(outcome);
+                judge(attempt, opts, &mut stats, &mut consecutive_failures);
                 progress.update(&stats);
             }
             _ = stop.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
 
-        if pending_outcomes.len() >= 64 || last_flush.elapsed() >= Duration::from_millis(200) {
-            queue.record(&std::mem::take(&mut pending_outcomes)).await?;
-            last_flush = Instant::now();
-        }
         if last_keep_alive.elapsed() >= Duration::from_secs(5) {
             queue.keep_alive().await?;
             last_keep_alive = Instant::now();
+        }
+    }
+    committer.close();
+    match writer.await {
+        Ok(result) => result?,
+        Err(e) => {
+            return Err(JournalFailed(DbError::Io(format!(
+                "the journal writer failed: {e}"
+            ))));
         }
     }
     released.extend(buffer.drain(..).map(|j| j.key));
@@ -551,81 +781,96 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     Ok(stats)
 }
 
-/// Turns one attempt into its outcome, and updates the stats and the
-/// pause policy.
-fn judge(
-    attempt: Attempt,
-    opts: &SendOptions,
-    stats: &mut RunStats,
-    consecutive_failures: &mut u32,
-) -> Outcome {
-    let Attempt { job, result, .. } = attempt;
+/// What one attempt's result means for its row.
+fn outcome_of(job: &Job, result: &Result<String, SendError>, retry: Retry) -> Outcome {
     let attempts = job.attempts + 1;
-    let error = match result.expect("released attempts are not judged") {
+    let key = job.key.clone();
+    let error = match result {
         Ok(message_id) => {
-            stats.attempts += 1;
-            stats.sent += 1;
-            *consecutive_failures = 0;
             return Outcome::Sent {
-                key: job.key,
-                message_id,
+                key,
+                message_id: message_id.clone(),
                 attempts,
             };
         }
-        Err(e) => e,
+        Err(e) => e.clone(),
     };
-    if error.kind == FailureKind::Fatal {
-        // Not the recipient's fault: put it back as it was and stop.
-        if stats.stopped.is_none() || stats.stopped == Some(Stopped::Interrupted) {
-            stats.stopped = Some(Stopped::Fatal(error.clone()));
-        }
-        return Outcome::Deferred {
-            key: job.key,
+    match error.kind {
+        // Not the recipient's fault: put it back as it was.
+        FailureKind::Fatal => Outcome::Deferred {
+            key,
             attempts: job.attempts,
             retry_at: now_ms(),
             error,
-        };
-    }
-    stats.attempts += 1;
-    *consecutive_failures += 1;
-    let outcome = match error.kind {
-        FailureKind::Transient if attempts < opts.max_attempts => {
-            stats.deferred += 1;
-            let delay = opts.retry_base.as_secs_f64() * 2f64.powi(job.attempts as i32);
+        },
+        FailureKind::Transient if attempts < retry.max_attempts => {
+            let delay = retry.base.as_secs_f64() * 2f64.powi(job.attempts as i32);
             // A little jitter so deferred recipients do not all return at once.
             let jitter = 1.0 + (fastrand_u16(&job.key) as f64 / u16::MAX as f64) * 0.2;
             Outcome::Deferred {
-                key: job.key.clone(),
+                key,
                 attempts,
                 retry_at: now_ms() + (delay * jitter * 1000.0) as i64,
-                error: error.clone(),
+                error,
             }
         }
         FailureKind::Transient => {
-            stats.failed += 1;
-            let mut error = error.clone();
+            let mut error = error;
             error.message = format!("gave up after {attempts} attempts: {}", error.message);
             Outcome::Failed {
-                key: job.key.clone(),
+                key,
                 attempts,
                 error,
                 bounced: false,
             }
         }
+        kind => Outcome::Failed {
+            key,
+            attempts,
+            error,
+            bounced: kind == FailureKind::Rejected,
+        },
+    }
+}
+
+/// Counts one finished attempt (its outcome was handed to the journal by
+/// the task) and applies the pause policy.
+fn judge(
+    attempt: Attempt,
+    opts: &SendOptions,
+    stats: &mut RunStats,
+    consecutive_failures: &mut u32,
+) {
+    let Attempt { job, result, .. } = attempt;
+    let attempts = job.attempts + 1;
+    let error = match result.expect("released attempts are not judged") {
+        Ok(_) => {
+            stats.attempts += 1;
+            stats.sent += 1;
+            *consecutive_failures = 0;
+            return;
+        }
+        Err(e) => e,
+    };
+    if error.kind == FailureKind::Fatal {
+        // Not the recipient's fault: it goes back as it was; stop.
+        if stats.stopped.is_none() || stats.stopped == Some(Stopped::Interrupted) {
+            stats.stopped = Some(Stopped::Fatal(error.clone()));
+        }
+        return;
+    }
+    stats.attempts += 1;
+    *consecutive_failures += 1;
+    match error.kind {
+        FailureKind::Transient if attempts < opts.max_attempts => stats.deferred += 1,
+        FailureKind::Transient => stats.failed += 1,
         kind => {
             stats.failed += 1;
-            let bounced = kind == FailureKind::Rejected;
-            if bounced {
+            if kind == FailureKind::Rejected {
                 stats.bounced += 1;
             }
-            Outcome::Failed {
-                key: job.key.clone(),
-                attempts,
-                error: error.clone(),
-                bounced,
-            }
         }
-    };
+    }
     stats.failures.push((job.recipient.email.clone(), error));
     let p = opts.pause;
     let failures = stats.failed + stats.deferred;
@@ -645,7 +890,6 @@ fn judge(
             )));
         }
     }
-    outcome
 }
 
 /// A cheap, stable pseudo-random number from a key (for retry jitter).
@@ -839,16 +1083,22 @@ mod tests {
     async fn rows_in_flight_at_a_crash_are_resent_and_counted() {
         let s = setup().await;
         let j = journal(&s, 10).await;
-        // A run that claimed 4 rows and died before recording anything.
+        // A run that claimed 4 rows, started 2 (on the wire) and died
+        // before recording their outcomes: only those 2 may have reached
+        // the server; the other 2 go back without counting.
         let claimed = j.claim(4).await.unwrap();
         assert_eq!(claimed.len(), 4);
+        let started: Vec<String> = claimed[..2].iter().map(|c| c.key.clone()).collect();
+        j.record(&started, &[]).await.unwrap();
+        let c = j.counts().await.unwrap();
+        assert_eq!((c.sending, c.on_wire), (4, 2));
         let campaign = j.campaign().clone();
         drop(j);
         let (j, recovered) = Journal::attach(&s.db, campaign).await.unwrap();
-        assert_eq!(recovered, 4);
-        assert_eq!(j.campaign().possible_duplicates, 4);
+        assert_eq!(recovered, 2);
+        assert_eq!(j.campaign().possible_duplicates, 2);
         let c = j.counts().await.unwrap();
-        assert_eq!((c.pending, c.sending), (10, 0));
+        assert_eq!((c.pending, c.sending, c.on_wire), (10, 0, 0));
     }
 
     #[tokio::test]

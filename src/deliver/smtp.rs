@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::smtp_client::{ClientError, Connection, Login, Security, Stage, tls_config};
-use super::{DeliverError, FailureKind, Outgoing, SendError, Transport};
+use super::{DeliverError, FailureKind, Gate, Outgoing, SendError, Transport};
 use crate::config::{Config, ENV_SMTP_PASSWORD, TlsMode};
 
 /// An idle connection is checked with NOOP before reuse after this long.
@@ -21,7 +21,9 @@ pub struct SmtpTransport {
     login: Option<Login>,
     timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<(Connection, Instant)>>,
+    /// Idle connections, when each was parked, and the ticket of the last
+    /// outcome it carried (see `Gate`).
+    idle: Mutex<Vec<(Connection, Instant, u64)>>,
     /// `host:port (mode)`, for messages.
     pub server: String,
 }
@@ -132,23 +134,24 @@ impl SmtpTransport {
         .map_err(|e| classify(&e))
     }
 
-    /// An idle connection (checked if it sat for a while), or a new one.
-    async fn connection(&self) -> Result<Connection, SendError> {
+    /// An idle connection (checked if it sat for a while) and its ticket,
+    /// or a new one.
+    async fn connection(&self) -> Result<(Connection, u64), SendError> {
         loop {
             let parked = self.idle.lock().unwrap().pop();
-            let Some((mut conn, since)) = parked else {
-                return self.open().await;
+            let Some((mut conn, since, ticket)) = parked else {
+                return Ok((self.open().await?, 0));
             };
             if since.elapsed() < STALE_AFTER || conn.noop().await {
-                return Ok(conn);
+                return Ok((conn, ticket));
             }
         }
     }
 
-    fn park(&self, conn: Connection) {
+    fn park(&self, conn: Connection, ticket: u64) {
         let mut idle = self.idle.lock().unwrap();
         if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, Instant::now(), ticket));
         } else {
             // One too many: closed politely, without holding anyone up.
             tokio::spawn(tokio::time::timeout(QUIT_WAIT, conn.quit()));
@@ -160,13 +163,18 @@ impl SmtpTransport {
         let idle: Vec<_> = std::mem::take(&mut *self.idle.lock().unwrap());
         futures_util::future::join_all(
             idle.into_iter()
-                .map(|(conn, _)| tokio::time::timeout(QUIT_WAIT, conn.quit())),
+                .map(|(conn, _, _)| tokio::time::timeout(QUIT_WAIT, conn.quit())),
         )
         .await;
     }
 
-    async fn send_once(&self, message: &Outgoing) -> Result<(), SendError> {
-        let mut conn = self.connection().await?;
+    /// One message on one connection. The end of DATA waits for `gate`
+    /// (this message recorded as on the wire, and the connection's previous
+    /// outcome recorded), and the result reaches `gate` before the
+    /// connection is parked: so each connection has at most one message
+    /// the server may have accepted that the journal does not have.
+    async fn send_once(&self, message: &Outgoing, gate: &dyn Gate) -> Result<(), SendError> {
+        let (mut conn, ticket) = self.connection().await?;
         let from = message
             .envelope
             .from()
@@ -178,26 +186,37 @@ impl SmtpTransport {
             .iter()
             .map(ToString::to_string)
             .collect();
-        match conn.send(&from, &to, &message.bytes).await {
-            Ok(_) => {
-                self.park(conn);
-                Ok(())
-            }
-            Err(e @ ClientError::Unsupported(_)) => {
-                self.park(conn);
-                Err(classify(&e))
-            }
-            Err(e) => {
-                // A refused command leaves the session usable after RSET;
-                // anything else (network, protocol) and it is dropped.
-                if matches!(e, ClientError::Reply { .. })
-                    && matches!(conn.command("RSET").await, Ok(r) if r.code == 250)
-                {
-                    self.park(conn);
+        let mut held = None;
+        let ready = async {
+            match gate.ready(ticket).await {
+                Ok(()) => true,
+                Err(e) => {
+                    held = Some(e);
+                    false
                 }
-                Err(classify(&e))
             }
+        };
+        let sent = conn.send_gated(&from, &to, &message.bytes, ready).await;
+        let result = match &sent {
+            Ok(_) => Ok(()),
+            Err(ClientError::Held) => {
+                Err(held.take().unwrap_or_else(|| classify(&ClientError::Held)))
+            }
+            Err(e) => Err(classify(e)),
+        };
+        let ticket = gate.done(&result);
+        match sent {
+            Ok(_) | Err(ClientError::Unsupported(_)) => self.park(conn, ticket),
+            // A refused command leaves the session usable after RSET;
+            // anything else (network, protocol, held) and it is dropped.
+            Err(ClientError::Reply { .. }) => {
+                if matches!(conn.command("RSET").await, Ok(r) if r.code == 250) {
+                    self.park(conn, ticket);
+                }
+            }
+            Err(_) => {}
         }
+        result
     }
 
     /// Connects once (greeting, EHLO, TLS, AUTH) so that a wrong host,
@@ -217,7 +236,7 @@ impl SmtpTransport {
             });
         match result {
             Ok(conn) => {
-                self.park(conn);
+                self.park(conn, 0);
                 Ok(())
             }
             Err(mut err) => {
@@ -278,21 +297,18 @@ pub fn classify(e: &ClientError) -> SendError {
         }
         // Permanent for this server, but not a bounce: the address is fine.
         ClientError::Unsupported(m) => SendError::new(FailureKind::Permanent, None, m.clone()),
+        ClientError::Held => SendError::new(FailureKind::Fatal, None, e.to_string()),
     }
 }
 
 /// How long a server gets to answer QUIT.
 const QUIT_WAIT: Duration = Duration::from_secs(2);
 
-impl Transport for SmtpTransport {
-    async fn close(&self) {
-        SmtpTransport::close(self).await;
-    }
-
-    async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
+impl SmtpTransport {
+    async fn send_within(&self, message: &Outgoing, gate: &dyn Gate) -> Result<(), SendError> {
         // The whole transaction is bounded: a server that stops answering
         // costs one timeout, and the connection is dropped with the future.
-        match tokio::time::timeout(self.timeout, self.send_once(message)).await {
+        match tokio::time::timeout(self.timeout, self.send_once(message, gate)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::new(
                 FailureKind::Transient,
@@ -303,6 +319,36 @@ impl Transport for SmtpTransport {
                 ),
             )),
         }
+    }
+}
+
+/// No gate: for `send` alone (test sends, checks).
+struct Open;
+
+impl Gate for Open {
+    fn ready(
+        &self,
+        _after: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + '_>>
+    {
+        Box::pin(async { Ok(()) })
+    }
+    fn done(&self, _result: &Result<(), SendError>) -> u64 {
+        0
+    }
+}
+
+impl Transport for SmtpTransport {
+    async fn close(&self) {
+        SmtpTransport::close(self).await;
+    }
+
+    async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
+        self.send_within(message, &Open).await
+    }
+
+    async fn send_gated(&self, message: &Outgoing, gate: &dyn Gate) -> Result<(), SendError> {
+        self.send_within(message, gate).await
     }
 }
 

@@ -53,6 +53,9 @@ pub enum ClientError {
     /// SMTPUTF8, which it does not offer); nothing was sent, and the
     /// connection stays usable.
     Unsupported(String),
+    /// The caller held back the end of DATA (`send_gated`): nothing was
+    /// delivered, and the connection is mid-DATA, not reusable.
+    Held,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Tls(m) => write!(f, "TLS error: {m}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
             ClientError::Unsupported(m) => f.write_str(m),
+            ClientError::Held => f.write_str("held back before the end of DATA"),
         }
     }
 }
@@ -346,6 +350,20 @@ impl Connection {
         to: &[String],
         content: &[u8],
     ) -> Result<Reply, ClientError> {
+        self.send_gated(from, to, content, async { true }).await
+    }
+
+    /// `send`, holding back the end of DATA (the only point after which
+    /// the server may deliver) until `ready` resolves; `false` abandons the
+    /// message with `ClientError::Held`, and the connection must then be
+    /// dropped (it is in the middle of DATA).
+    pub async fn send_gated(
+        &mut self,
+        from: &str,
+        to: &[String],
+        content: &[u8],
+        ready: impl Future<Output = bool>,
+    ) -> Result<Reply, ClientError> {
         // Domains arrive as A-labels: only a non-ASCII local part needs
         // SMTPUTF8 (RFC 6531). Without it such an address cannot be carried
         // at all, so this message fails here rather than reach the server
@@ -421,14 +439,26 @@ impl Connection {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         escape_data(content, &mut buf);
+        // Everything but the final ".\r\n" goes out while the gate waits.
+        let (body, end) = buf.split_at(buf.len() - 3);
         let s = self.stream.get_mut();
         let written = async {
-            s.write_all(&buf).await?;
+            s.write_all(body).await?;
             s.flush().await
         }
         .await;
+        let written = match written {
+            Ok(()) if ready.await => async {
+                s.write_all(end).await?;
+                s.flush().await
+            }
+            .await
+            .map_err(net),
+            Ok(()) => Err(ClientError::Held),
+            Err(e) => Err(net(e)),
+        };
         self.buf = buf;
-        written.map_err(net)?;
+        written?;
         let reply = self.read_reply().await?;
         if reply.code != 250 {
             return Err(ClientError::Reply {

@@ -44,8 +44,10 @@ impl SqliteDriver {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // Safe with WAL (a crash loses at most the last commit, never
-            // corrupts), and many times faster than FULL for imports.
+            // Safe with WAL: a killed process loses no commit, a power
+            // loss may roll back those since the last checkpoint (never
+            // corrupts); many times faster than FULL for imports. The send
+            // journal's guarantee rests on this (see README, Sending).
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(busy_timeout)
             .foreign_keys(true)
