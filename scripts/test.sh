@@ -264,3 +264,21 @@ phase_done
 phase "cargo test"
 cargo test "${locked[@]}" --no-fail-fast -- --include-ignored "$@" || die "tests failed (see above)"
 phase_done
+
+# The container image, only where an engine really runs (the client alone,
+# as on these CI machines, cannot build): build it and ask its binary.
+engine=""
+for e in docker podman; do
+	if command -v "$e" >/dev/null 2>&1 && "$e" info >/dev/null 2>&1; then
+		engine=$e
+		break
+	fi
+done
+if [ -n "$engine" ]; then
+	phase "container image ($engine)"
+	"$engine" build -q -t tidings-test . >/dev/null || die "$engine build failed"
+	"$engine" run --rm tidings-test tidings --version || die "the image's tidings does not run"
+	phase_done
+else
+	printf '\n(no working docker or podman: the container image is not built here)\n'
+fi
