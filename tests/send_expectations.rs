@@ -537,3 +537,86 @@ fn the_connection_pool_follows_the_concurrency_asked_for() {
         sessions.len()
     );
 }
+
+#[test]
+fn a_scheduled_send_waits_for_its_time_and_refuses_a_stale_one() {
+    let p = Project::new(1);
+    p.import(&["a@example.org"], "m");
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--yes",
+        "--not-before",
+        "2099-01-01T09:00:00+00:00",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "not sending yet: content/hello.md is scheduled for 2099-01-01 09:00 +00:00 (in "
+        ) && stdout(&out).ends_with(
+            "); nothing was written. Run the same command again after then (a timer or cron can run it hourly)\n"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--yes",
+        "--not-before",
+        "2020-01-01 09:00",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+    assert!(
+        stderr(&out).contains("ago: more than send.stale_after (48h), so it is not sent now (a machine that was off must not mail an old announcement). Pass --stale-ok to send it anyway, or raise send.stale_after\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&p.run(&["status", "hello"])),
+        "hello: not sent yet\n"
+    );
+    let out = p.run(&["send", "content/hello.md", "--not-before", "tomorrow"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`tomorrow` is not a time: write \"2026-12-05 09:00\" (local time) or \"2026-12-05T09:00:00+01:00\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs python3-aiosmtpd: run scripts/test.sh"]
+fn a_scheduled_send_goes_out_once_its_time_has_come() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(tmp.path());
+    let p = Project::new(server.port);
+    p.import(&["a@example.org", "b@example.org"], "m");
+    let long_ago = "2020-01-01 09:00";
+    // Long past, but asked for explicitly.
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--yes",
+        "--not-before",
+        long_ago,
+        "--stale-ok",
+    ]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert_eq!(server.total(), 2);
+    // The next hourly run finds it done, stale or not.
+    let out = p.run(&[
+        "send",
+        "content/hello.md",
+        "--yes",
+        "--not-before",
+        long_ago,
+    ]);
+    assert!(out.status.success(), "{}", support::describe(&out));
+    assert!(
+        stdout(&out).starts_with("nothing to send: all 2 recipients of hello are done"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(server.total(), 2);
+}
