@@ -372,9 +372,9 @@ impl fmt::Display for Span {
         let s = self.0.as_secs();
         match s {
             // Days only past a few: "48h" reads better than "2d".
-            _ if s % 86_400 == 0 && s >= 7 * 86_400 => write!(f, "{}d", s / 86_400),
-            _ if s % 3600 == 0 && s > 0 => write!(f, "{}h", s / 3600),
-            _ if s % 60 == 0 && s > 0 => write!(f, "{}m", s / 60),
+            _ if s.is_multiple_of(86_400) && s >= 7 * 86_400 => write!(f, "{}d", s / 86_400),
+            _ if s.is_multiple_of(3600) && s > 0 => write!(f, "{}h", s / 3600),
+            _ if s.is_multiple_of(60) && s > 0 => write!(f, "{}m", s / 60),
             _ => write!(f, "{s}s"),
         }
     }
