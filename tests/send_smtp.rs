@@ -4,75 +4,15 @@
 
 mod support;
 
+use support::smtp::FaultServer;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const NEEDS: &str = "needs python3-aiosmtpd: run scripts/test.sh";
-
-/// The fault-injecting SMTP server, stopped on drop.
-struct FaultServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl FaultServer {
-    fn start(dir: &Path) -> FaultServer {
-        FaultServer::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &Path, extra: &[&str]) -> FaultServer {
-        let python =
-            std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
-        let log = dir.join("received.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fault_smtp.py");
-        let mut child = Command::new(&python)
-            .arg(&script)
-            .arg("--log")
-            .arg(&log)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {python} (install python3-aiosmtpd; run scripts/test.sh): {e}")
-            });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .strip_prefix("READY ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the fault server did not start ({line:?}): is python3-aiosmtpd installed? run scripts/test.sh"));
-        FaultServer { child, port, log }
-    }
-
-    /// Recipient -> number of messages the server accepted for it.
-    fn received(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            for r in v["rcpt"].as_array().unwrap() {
-                *out.entry(r.as_str().unwrap().to_string()).or_default() += 1;
-            }
-        }
-        out
-    }
-}
-
-impl Drop for FaultServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A copy of the `minimal` fixture project pointed at the server.
 struct Project {
@@ -687,19 +627,10 @@ fn remove_erases_the_person_from_the_send_journal_too() {
 
 /// What the server logged: (envelope recipients, To header) per message.
 fn received_messages(server: &FaultServer) -> Vec<(Vec<String>, String)> {
-    fs::read_to_string(&server.log)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let rcpt = v["rcpt"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_str().unwrap().to_string())
-                .collect();
-            (rcpt, v["to"].as_str().unwrap().to_string())
-        })
+    server
+        .messages()
+        .into_iter()
+        .map(|m| (m.rcpt, m.to))
         .collect()
 }
 

@@ -6,10 +6,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use support::smtp::FaultServer;
+
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,60 +25,6 @@ fn psql(url: &str, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let python =
-            std::env::var("TIDINGS_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
-        let log = dir.join("received.jsonl");
-        let mut child = Command::new(&python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fault_smtp.py"))
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with aiosmtpd (run scripts/test.sh)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .expect("server ready");
-        Server { child, port, log }
-    }
-
-    fn received(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
-        for line in fs::read_to_string(&self.log).unwrap_or_default().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            for r in v["rcpt"].as_array().unwrap() {
-                *out.entry(r.as_str().unwrap().to_string()).or_default() += 1;
-            }
-        }
-        out
-    }
-
-    fn total(&self) -> usize {
-        fs::read_to_string(&self.log).map_or(0, |t| t.lines().count())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn project(dir: &Path) {
@@ -97,7 +43,7 @@ fn three_workers_one_killed() {
     let rate = 400.0;
     let tmp = tempfile::tempdir().unwrap();
     let db = support::fresh_database("tidings_workers");
-    let server = Server::start(tmp.path());
+    let server = FaultServer::start(tmp.path());
     project(tmp.path());
     let csv = support::email_csv((0..n).map(|i| format!("r{i:05}@example.org")));
     fs::write(tmp.path().join("list.csv"), csv).unwrap();
@@ -217,7 +163,7 @@ fn two_workers_at_a_low_rate_share_the_work() {
     let n = 200;
     let tmp = tempfile::tempdir().unwrap();
     let db = support::fresh_database("tidings_workers_share");
-    let server = Server::start(tmp.path());
+    let server = FaultServer::start(tmp.path());
     project(tmp.path());
     let csv = support::email_csv((0..n).map(|i| format!("s{i:03}@example.org")));
     fs::write(tmp.path().join("list.csv"), csv).unwrap();

@@ -19,17 +19,25 @@ pub struct Received {
     pub at: f64,
     /// The client's port: one per SMTP session.
     pub peer: u64,
+    /// The message's `To:` header.
+    pub to: String,
 }
 
 impl FaultServer {
     /// Starts the server, writing its log into `dir`.
     pub fn start(dir: &Path) -> FaultServer {
+        FaultServer::start_with(dir, &[])
+    }
+
+    /// With more of fault_smtp.py's options (`--smtputf8`, `--cert`, …).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> FaultServer {
         let python = std::env::var(super::ENV_PYTHON).unwrap_or_else(|_| "/usr/bin/python3".into());
         let log = dir.join("received.jsonl");
         let mut child = Command::new(&python)
             .arg(super::project_root().join("tests/support/fault_smtp.py"))
             .arg("--log")
             .arg(&log)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -63,6 +71,7 @@ impl FaultServer {
                         .collect(),
                     at: v["at"].as_f64().unwrap_or_default(),
                     peer: v["peer"].as_u64().unwrap_or_default(),
+                    to: v["to"].as_str().unwrap_or_default().to_string(),
                 }
             })
             .collect()
