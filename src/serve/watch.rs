@@ -281,16 +281,19 @@ fn error_page(error: &str) -> String {
     )
 }
 
+/// The project's HTML escaping, line by line (it turns control characters,
+/// newlines included, into spaces; an error's lines must stay lines).
 fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(c),
+    for (i, line) in s.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
         }
+        crate::render::personalise::push_escaped(
+            &mut out,
+            line,
+            crate::render::personalise::Escape::Html,
+        );
     }
     out
 }
