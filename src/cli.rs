@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod init;
 mod send;
 mod serve;
+pub mod subscribers;
 
 use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
 use crate::content::Issue;
@@ -56,7 +57,7 @@ pub enum Command {
     /// What was sent, failed, deferred and skipped for an issue
     Status(send::StatusArgs),
     /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
-    Subscribers(crate::subscribers::cli::SubscribersArgs),
+    Subscribers(crate::cli::subscribers::SubscribersArgs),
     /// Run the web service for unsubscribe links (RFC 8058 one-click) and the issues in the browser
     Serve(serve::ServeArgs),
     /// Write the sent issues as static HTML pages with an Atom feed
@@ -172,7 +173,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check(&config, args),
         Command::Send(args) => send::send(&config, args),
         Command::Status(args) => send::status(&config, args),
-        Command::Subscribers(args) => crate::subscribers::cli::run(&config, args),
+        Command::Subscribers(args) => crate::cli::subscribers::run(&config, args),
         Command::Serve(args) => serve::serve(config, args),
         Command::Archive(args) => serve::archive(&config, args),
         Command::New(args) => init::new(&config, args),
@@ -247,7 +248,7 @@ async fn store_recipients(
             return Ok(None);
         }
     }
-    let store = crate::subscribers::Store::open(&config.database, &config.base_dir()).await?;
+    let store = crate::store::Store::open(&config.database, &config.base_dir()).await?;
     let recipients = match one {
         Some(email) => match store.get(email).await? {
             Some(s) => vec![s.recipient()],

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::content::ContentError;
-use crate::db::DbError;
+use crate::store::db::DbError;
 use crate::deliver::DeliverError;
 use crate::render::RenderError;
 use crate::subscribers::csv::CsvError;
-use crate::subscribers::store::StoreError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

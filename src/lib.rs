@@ -10,7 +10,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod content;
-pub mod db;
+pub mod store;
 pub mod deliver;
 pub mod diagnostics;
 pub mod error;

@@ -145,7 +145,7 @@ impl Project {
             .build()
             .unwrap();
         rt.block_on(async {
-            let store = tidings::subscribers::Store::open(&url, self.dir.path())
+            let store = tidings::store::Store::open(&url, self.dir.path())
                 .await
                 .unwrap();
             store

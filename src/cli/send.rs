@@ -9,8 +9,8 @@ use clap::Args;
 use super::{RecipientArgs, print_diagnostics, project_dir, render_issue, runtime, summary};
 use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET, Rate};
 use crate::content::Issue;
-use crate::db::Db;
-use crate::deliver::journal::{self, Audience, Counts, Journal, format_time};
+use crate::store::db::Db;
+use crate::store::journal::{self, Audience, Counts, Journal, format_time};
 use crate::deliver::send::{Progress, Queue, RunStats, SendOptions, Stopped, human_duration};
 use crate::deliver::smtp::SmtpTransport;
 use crate::deliver::sources::{CsvQueue, ListQueue, StoreQueue};
@@ -18,7 +18,8 @@ use crate::deliver::unsubscribe::Signer;
 use crate::deliver::{FileTransport, MessageFactory, Transport};
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::render::{FieldSet, RenderedIssue};
-use crate::subscribers::{Recipient, Store};
+use crate::store::Store;
+use crate::subscribers::Recipient;
 use crate::{Error, Result};
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@
 
 pub mod dkim;
 pub mod file;
-pub mod journal;
+
 pub mod memory;
 pub mod message;
 pub mod mime;

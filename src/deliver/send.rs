@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::journal::{Job, Journal, now_ms};
+use crate::store::journal::{Job, Journal, now_ms};
 use super::rate::Limiter;
 use super::{FailureKind, MessageFactory, Outcome, SendError, Transport};
 use crate::config::Rate;
-use crate::db::DbError;
+use crate::store::db::DbError;
 
 /// Where recipients come from and where outcomes go. Only `claim` is
 /// required: a queue without a journal records nothing and retries nothing.
@@ -904,9 +904,9 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::content::Issue;
-    use crate::db::Db;
+    use crate::store::db::Db;
     use crate::deliver::MemoryTransport;
-    use crate::deliver::journal::{Audience, Journal};
+    use crate::store::journal::{Audience, Journal};
     use crate::deliver::unsubscribe::Signer;
     use crate::diagnostics::Diagnostics;
     use crate::render::{FieldSet, Renderer};
@@ -920,7 +920,7 @@ mod tests {
 
     async fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::subscribers::Store::open("sqlite:t.db", dir.path())
+        let db = crate::store::Store::open("sqlite:t.db", dir.path())
             .await
             .unwrap()
             .backend();

@@ -92,7 +92,7 @@ impl SmtpTransport {
             })
         };
         let hello = if smtp.hello_name.is_empty() {
-            super::journal::hostname()
+            crate::store::journal::hostname()
         } else {
             smtp.hello_name.clone()
         };

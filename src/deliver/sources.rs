@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::journal::Job;
+use crate::store::journal::Job;
 use super::send::Queue;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::db::{Db, DbError};
-use crate::subscribers::{Recipient, Store, StoreError};
+use crate::store::db::{Db, DbError};
+use crate::store::{Store, StoreError};
+use crate::subscribers::Recipient;
 
 fn job(seq: i64, recipient: Recipient) -> Job {
     Job {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::issues::{Catalogue, Site};
 use super::pages::{Listed, Pages};
 use crate::config::Config;
-use crate::subscribers::Store;
+use crate::store::Store;
 use crate::{Error, Result};
 
 /// What was written.

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::content::{ContentError, Issue};
-use crate::db::{Db, DbError, on_db};
+use crate::store::db::{Db, DbError, on_db};
 use crate::diagnostics::Diagnostics;
 use crate::render::personalise::{Escape, Fields};
 use crate::render::{FieldSet, RenderError, Renderer};
-use crate::subscribers::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Slugs are `[a-z0-9-]`: anything else is refused before a file name is
 /// made of it.

@@ -31,9 +31,9 @@ use hyper_util::service::TowerToHyperService;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::db::on_db;
+use crate::store::db::on_db;
 use crate::deliver::unsubscribe::Signer;
-use crate::subscribers::Store;
+use crate::store::Store;
 use crate::{Error, Result};
 use issues::{Catalogue, Site};
 use pages::{Listed, Pages};

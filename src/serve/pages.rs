@@ -361,7 +361,7 @@ impl Pages {
             .iter()
             .map(|l| l.sent.first_sent_ms)
             .max()
-            .map_or_else(|| rfc3339(crate::deliver::journal::now_ms()), rfc3339);
+            .map_or_else(|| rfc3339(crate::store::journal::now_ms()), rfc3339);
         let mut ctx = Context::new();
         ctx.insert("name", &self.brand.name);
         ctx.insert("base", base);

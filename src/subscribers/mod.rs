@@ -1,17 +1,14 @@
 //! Subscribers: the model, CSV import and export, the store (SQLite or
 //! PostgreSQL) and the `tidings subscribers …` commands.
 
-pub mod cli;
 pub mod csv;
 pub mod model;
-pub mod store;
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 pub use model::{ImportOptions, ImportReport, ListFilter, SkippedRow, Stats, Status, Subscriber};
-pub use store::{Backend, Store, StoreError};
 
 use crate::render::personalise::Fields;
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use sqlx::Connection;
 use tempfile::TempDir;
-use tidings::subscribers::Store;
+use tidings::store::Store;
 
 pub const PG_ENV: &str = "TIDINGS_TEST_POSTGRES_URL";
 

@@ -8,7 +8,8 @@ use tidings::subscribers::model::{
     AddOutcome, BounceOutcome, ImportOptions, ImportReport, ListFilter, ListStats, NewSubscriber,
     RemoveOutcome, ResubscribeOutcome, Stats, Status, Subscriber, UnsubscribeOutcome,
 };
-use tidings::subscribers::{Store, StoreError, email_hash_hex};
+use tidings::store::{Store, StoreError};
+use tidings::subscribers::email_hash_hex;
 
 use crate::common::Ctx;
 
@@ -901,7 +902,7 @@ async fn sqlite_locked_database_is_reported_and_nothing_written() {
         .execute(&mut holder)
         .await
         .unwrap();
-    let driver = tidings::subscribers::store::sqlite::SqliteDriver::open_with(
+    let driver = tidings::store::sqlite::SqliteDriver::open_with(
         &path,
         std::time::Duration::from_millis(200),
     )
@@ -977,7 +978,7 @@ async fn sqlite_file_and_folder_are_created_in_wal_mode() {
         .await
         .unwrap();
     assert!(dir.path().join("subscribers/new.db").is_file());
-    let tidings::subscribers::Backend::Sqlite(pool) = store.backend() else {
+    let tidings::store::Backend::Sqlite(pool) = store.backend() else {
         panic!("not SQLite")
     };
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
@@ -1007,7 +1008,7 @@ async fn postgres_down_is_reported_without_the_password() {
 #[ignore = "needs PostgreSQL: run scripts/test.sh"]
 async fn postgres_backend_exposes_its_pool() {
     let ctx = Ctx::new(crate::common::Kind::Postgres).await;
-    let tidings::subscribers::Backend::Postgres(pool) = ctx.store.backend() else {
+    let tidings::store::Backend::Postgres(pool) = ctx.store.backend() else {
         panic!("not PostgreSQL")
     };
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscribers")

@@ -12,7 +12,9 @@
 //! Timestamps are RFC 3339 UTC text with whole seconds on both databases,
 //! so the API returns the same values whichever is used.
 
+pub mod db;
 mod import;
+pub mod journal;
 pub mod postgres;
 pub mod sqlite;
 
@@ -22,13 +24,13 @@ use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
-use super::csv::CsvError;
-use super::model::{
+use crate::subscribers::csv::CsvError;
+use crate::subscribers::model::{
     self, AddOutcome, BounceOutcome, ImportOptions, ImportReport, ListFilter, ListStats,
     NewSubscriber, RemoveOutcome, ResubscribeOutcome, SkippedRow, Stats, Status, Subscriber,
     UnsubscribeOutcome,
 };
-use super::{Recipient, email_hash_hex, normalise_email};
+use crate::subscribers::{Recipient, email_hash_hex, normalise_email};
 use crate::config::ENV_DATABASE_URL;
 
 /// A database error, said so that a person can act on it. Every message
@@ -968,7 +970,7 @@ impl Store {
                 _ => unreachable!("is_io_error"),
             }
         };
-        let mut writer = super::csv::CsvWriter::new(out, &keys).map_err(write_err)?;
+        let mut writer = crate::subscribers::csv::CsvWriter::new(out, &keys).map_err(write_err)?;
         let mut rows = self.list(filter);
         let mut n = 0;
         while let Some(s) = rows.try_next().await? {

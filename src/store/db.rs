@@ -2,7 +2,7 @@
 //! store: the database is the store's (`subscribers::Store::open` opens it
 //! and applies every migration, the journal's included); `Db` is its pool.
 
-pub use crate::subscribers::store::Backend as Db;
+pub use super::Backend as Db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -18,7 +18,7 @@ pub enum DbError {
     #[error("{0}")]
     Io(String),
     #[error(transparent)]
-    Store(#[from] crate::subscribers::StoreError),
+    Store(#[from] crate::store::StoreError),
 }
 
 impl Db {
@@ -57,8 +57,8 @@ impl Db {
 macro_rules! on_db {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::db::Db::Sqlite($pool) => $body,
-            $crate::db::Db::Postgres($pool) => $body,
+            $crate::store::db::Db::Sqlite($pool) => $body,
+            $crate::store::db::Db::Postgres($pool) => $body,
         }
     };
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::Row;
 
-use super::Outcome;
-use crate::db::{Db, DbError as StoreError, on_db};
+use crate::deliver::Outcome;
+use crate::store::db::{Db, DbError as StoreError, on_db};
 use crate::subscribers::Recipient;
 
 /// Who a campaign goes to; part of its identity.

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand, ValueEnum};
 use futures_util::TryStreamExt;
 
-use super::model::{
+use crate::subscribers::model::{
     AddOutcome, ImportOptions, ListFilter, NewSubscriber, RemoveOutcome, Status, Subscriber,
     UnsubscribeOutcome,
 };
-use super::store::{SUPPRESSED_REMOVED, Store, StoreError};
+use crate::store::{SUPPRESSED_REMOVED, Store, StoreError};
 use crate::config::Config;
 use crate::{Error, Result};
 
@@ -126,7 +126,7 @@ fn parse_attr(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE (e.g. city=Portland)"))?;
     let k = k.trim().to_lowercase();
-    super::model::check_attribute_name(&k)?;
+    crate::subscribers::model::check_attribute_name(&k)?;
     Ok((k, v.trim().to_string()))
 }
 
