@@ -567,19 +567,3 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))
 }
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}

@@ -10,7 +10,7 @@ use pulldown_cmark::{CowStr, Event, HeadingLevel, LinkType, Options, Parser, Tag
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
-use crate::render::checks::raw_tags;
+use crate::html::raw_tags;
 
 /// How deeply lists, quotes, emphasis, links and HTML elements may nest
 /// (together). Real issues stay

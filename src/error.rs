@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::content::ContentError;
-use crate::store::db::DbError;
 use crate::deliver::DeliverError;
 use crate::render::RenderError;
-use crate::subscribers::csv::CsvError;
 use crate::store::StoreError;
+use crate::subscribers::csv::CsvError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,8 +21,6 @@ pub enum Error {
     Deliver(#[from] DeliverError),
     #[error(transparent)]
     Csv(#[from] CsvError),
-    #[error(transparent)]
-    Db(#[from] DbError),
     /// The subscriber database could not be opened, was locked, or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

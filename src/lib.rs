@@ -10,12 +10,14 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod content;
-pub mod store;
 pub mod deliver;
 pub mod diagnostics;
 pub mod error;
+pub mod html;
 pub mod render;
 pub mod serve;
+pub mod shutdown;
+pub mod store;
 pub mod subscribers;
 
 pub use error::{Error, Result};

@@ -9,8 +9,6 @@ use clap::Args;
 use super::{RecipientArgs, print_diagnostics, project_dir, render_issue, runtime, summary};
 use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET, Rate};
 use crate::content::Issue;
-use crate::store::db::Db;
-use crate::store::journal::{self, Audience, Counts, Journal, format_time};
 use crate::deliver::send::{Progress, Queue, RunStats, SendOptions, Stopped, human_duration};
 use crate::deliver::smtp::SmtpTransport;
 use crate::deliver::sources::{CsvQueue, ListQueue, StoreQueue};
@@ -19,6 +17,7 @@ use crate::deliver::{FileTransport, MessageFactory, Transport};
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::render::{FieldSet, RenderedIssue};
 use crate::store::Store;
+use crate::store::journal::{self, Audience, Counts, Journal, format_time};
 use crate::subscribers::Recipient;
 use crate::{Error, Result};
 
@@ -119,7 +118,7 @@ pub struct StatusArgs {
 fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        crate::shutdown::signal().await;
         eprintln!("\nstopping: finishing the messages in flight (a rerun resumes)");
         let _ = tx.send(true);
     });
@@ -210,8 +209,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         }
     }
     let store = Store::open(&config.database, &config.base_dir()).await?;
-    let db = store.backend();
-    if args.worker_id.is_some() && !matches!(db, Db::Postgres(_)) {
+    if args.worker_id.is_some() && !store.supports_workers() {
         return Err(Error::Usage(
             "--worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine; set database = \"postgres://…\" (or TIDINGS_DATABASE_URL)".into(),
         ));
@@ -270,10 +268,10 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     if let Audience::List(l) = &audience {
         known_list(&store, l).await?;
     }
-    let current = Journal::current(&db, &slug, &audience, args.resend).await?;
+    let current = Journal::current(&store, &slug, &audience, args.resend).await?;
     let to_send = match &current {
         Some(c) => {
-            let before = journal::counts(&db, c.id).await?;
+            let before = journal::counts(&store, c.id).await?;
             if before.remaining() == 0 {
                 println!(
                     "nothing to send: all {} recipient{} of {slug} are done (sent {}, failed {}, skipped {}); `tidings status {}` has the details, --resend sends it again",
@@ -303,7 +301,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
                 }
             }
             let n = match &csv {
-                Some(c) => mailable_in_csv(&db, &c.recipients).await?,
+                Some(c) => mailable_in_csv(&store, &c.recipients).await?,
                 None => store.audience_size(args.list.as_deref()).await?,
             };
             if n == 0 {
@@ -341,7 +339,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
 
     // Yes: the recipients of a new campaign are fixed now.
     let (campaign, _) = Journal::open_or_create(
-        &db,
+        &store,
         &slug,
         &audience,
         args.resend,
@@ -349,8 +347,8 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     )
     .await?;
     let (journal, recovered) = match &args.worker_id {
-        Some(w) => Journal::join(&db, campaign, w).await?,
-        None => Journal::attach(&db, campaign).await?,
+        Some(w) => Journal::join(&store, campaign, w).await?,
+        None => Journal::attach(&store, campaign).await?,
     };
     if recovered > 0 {
         eprintln!(
@@ -371,7 +369,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         stop_signal(),
     )
     .await
-    .map_err(|e| Error::Db(e.0))?;
+    .map_err(|e| Error::Store(e.0))?;
     let after = journal.counts().await?;
     let paused = match &stats.stopped {
         Some(Stopped::Paused(why)) => Some(why.clone()),
@@ -383,7 +381,7 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
         .await?;
     journal.leave(&exit_reason(&stats.stopped)).await?;
     if let Some(path) = &args.report {
-        write_report(&db, journal.campaign().id, path).await?;
+        write_report(&store, journal.campaign().id, path).await?;
     }
     print_report(&stats, &after, journal.campaign().possible_duplicates);
     outcome(&stats, &after, &args)
@@ -433,22 +431,18 @@ async fn known_list(store: &Store, list: &str) -> Result<()> {
 
 /// How many of a CSV file's recipients a new campaign would mail: each
 /// address once, less those the store says must not be mailed.
-async fn mailable_in_csv(db: &Db, rows: &[Recipient]) -> Result<u64> {
+async fn mailable_in_csv(store: &Store, rows: &[Recipient]) -> Result<u64> {
     let mut seen = std::collections::HashSet::new();
     let unique: Vec<Recipient> = rows
         .iter()
         .filter(|r| seen.insert(r.key()))
         .cloned()
         .collect();
-    let mut n = 0;
-    for chunk in unique.chunks(500) {
-        let blocked = db.blocked(chunk).await?;
-        n += chunk
-            .iter()
-            .filter(|r| !blocked.contains_key(&r.key()))
-            .count() as u64;
-    }
-    Ok(n)
+    let blocked = store.blocked(&unique).await?;
+    Ok(unique
+        .iter()
+        .filter(|r| !blocked.contains_key(&r.key()))
+        .count() as u64)
 }
 
 /// The exit status of a send: 2 on a fatal stop, 1 if anyone failed or is
@@ -566,7 +560,7 @@ fn counts_line(c: &Counts) -> String {
     )
 }
 
-async fn write_report(db: &Db, campaign: i64, path: &PathBuf) -> Result<()> {
+async fn write_report(db: &Store, campaign: i64, path: &PathBuf) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|source| Error::Write {
         path: path.clone(),
         source,
@@ -626,7 +620,7 @@ async fn dry_run(
             Default::default(),
         )
     } else if let Some(rows) = csv {
-        let queue = Arc::new(CsvQueue::new(rows, Some(store.backend())));
+        let queue = Arc::new(CsvQueue::new(rows, Some(store.clone())));
         let stats = run_arc(queue.clone(), transport, factory, &opts, args).await?;
         (stats, queue.skipped())
     } else {
@@ -730,7 +724,7 @@ async fn run_arc<Q: Queue, T: Transport + 'static>(
     let progress = Progress::new(0, args.quiet || args.dry_run);
     crate::deliver::send::run(queue, transport, factory, opts, &progress, stop_signal())
         .await
-        .map_err(|e| Error::Db(e.0))
+        .map_err(|e| Error::Store(e.0))
 }
 
 /// `--to` addresses, with the stored subscriber's data when there is one.
@@ -780,18 +774,16 @@ async fn test_send(
 
 pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let db = Store::open(&config.database, &config.base_dir())
-            .await?
-            .backend();
+        let store = Store::open(&config.database, &config.base_dir()).await?;
         let slug = issue_slug(&args.issue)?;
-        let campaigns = journal::campaigns(&db, &slug).await?;
+        let campaigns = journal::campaigns(&store, &slug).await?;
         if campaigns.is_empty() {
             println!("{slug}: not sent yet");
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
         for c in &campaigns {
-            let counts = journal::counts(&db, c.id).await?;
+            let counts = journal::counts(&store, c.id).await?;
             let state = match (&c.finished_at, &c.paused_reason) {
                 (Some(t), _) => format!("finished {}", format_time(*t)),
                 (None, Some(why)) => format!("paused: {why}"),
@@ -811,7 +803,7 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
                 let _ = writeln!(out, "  failed ({n}): {reason}");
             }
             let now = journal::now_ms();
-            let workers = journal::worker_stats(&db, c.id).await?;
+            let workers = journal::worker_stats(&store, c.id).await?;
             // Rows held by a worker that exited or died are not in flight:
             // the others take them back (and may send them twice).
             let mut held_by_gone = 0;

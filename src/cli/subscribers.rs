@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand, ValueEnum};
 use futures_util::TryStreamExt;
 
+use crate::config::Config;
+use crate::store::{SUPPRESSED_REMOVED, Store, StoreError};
 use crate::subscribers::model::{
     AddOutcome, ImportOptions, ListFilter, NewSubscriber, RemoveOutcome, Status, Subscriber,
     UnsubscribeOutcome,
 };
-use crate::store::{SUPPRESSED_REMOVED, Store, StoreError};
-use crate::config::Config;
 use crate::{Error, Result};
 
 #[derive(Debug, Args)]

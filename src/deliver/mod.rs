@@ -71,39 +71,12 @@ impl SendError {
     }
 }
 
-/// What became of one attempt, for the journal.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The server accepted it.
-    Sent {
-        key: String,
-        message_id: String,
-        attempts: u32,
-    },
-    /// A transient failure: try again at `retry_at` (Unix ms).
-    Deferred {
-        key: String,
-        attempts: u32,
-        retry_at: i64,
-        error: SendError,
-    },
-    /// Given up: a permanent failure, or transient ones until the limit.
-    Failed {
-        key: String,
-        attempts: u32,
-        error: SendError,
-        /// The address was rejected: the subscriber is marked bounced.
-        bounced: bool,
-    },
-}
-
-impl Outcome {
-    /// The recipient's key.
-    pub fn key(&self) -> &str {
-        match self {
-            Outcome::Sent { key, .. }
-            | Outcome::Deferred { key, .. }
-            | Outcome::Failed { key, .. } => key,
+/// What a failed attempt leaves in the journal.
+impl From<SendError> for crate::store::journal::Failure {
+    fn from(e: SendError) -> Self {
+        crate::store::journal::Failure {
+            code: e.code,
+            message: e.message,
         }
     }
 }

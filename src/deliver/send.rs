@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::store::journal::{Job, Journal, now_ms};
 use super::rate::Limiter;
-use super::{FailureKind, MessageFactory, Outcome, SendError, Transport};
+use super::{FailureKind, MessageFactory, SendError, Transport};
 use crate::config::Rate;
-use crate::store::db::DbError;
+use crate::store::StoreError;
+use crate::store::journal::{Job, Journal, Outcome, now_ms};
 
 /// Where recipients come from and where outcomes go. Only `claim` is
 /// required: a queue without a journal records nothing and retries nothing.
 pub trait Queue: Send + Sync + 'static {
     /// Up to `n` recipients due now, marked as in flight.
-    fn claim(&self, n: usize) -> impl Future<Output = Result<Vec<Job>, DbError>> + Send;
+    fn claim(&self, n: usize) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
     /// Claimed recipients that were not started go back.
-    fn release(&self, _keys: &[String]) -> impl Future<Output = Result<(), DbError>> + Send {
+    fn release(&self, _keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
     /// Records, in one transaction, claimed rows now on the wire and
@@ -33,15 +33,15 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         _on_wire: &[String],
         _outcomes: &[Outcome],
-    ) -> impl Future<Output = Result<(), DbError>> + Send {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
     /// When the next deferred recipient is due (Unix ms), if any.
-    fn next_retry_at(&self) -> impl Future<Output = Result<Option<i64>, DbError>> + Send {
+    fn next_retry_at(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send {
         async { Ok(None) }
     }
     /// Called every few seconds during a run.
-    fn keep_alive(&self) -> impl Future<Output = Result<(), DbError>> + Send {
+    fn keep_alive(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
     /// True when several processes send this queue and share its rate.
@@ -54,31 +54,31 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         _k: u32,
         _interval: Duration,
-    ) -> impl Future<Output = Result<Duration, DbError>> + Send {
+    ) -> impl Future<Output = Result<Duration, StoreError>> + Send {
         async { Ok(Duration::ZERO) }
     }
 }
 
 impl Queue for Journal {
-    async fn claim(&self, n: usize) -> Result<Vec<Job>, DbError> {
+    async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         Journal::claim(self, n).await
     }
-    async fn release(&self, keys: &[String]) -> Result<(), DbError> {
+    async fn release(&self, keys: &[String]) -> Result<(), StoreError> {
         Journal::release(self, keys).await
     }
-    async fn record(&self, on_wire: &[String], outcomes: &[Outcome]) -> Result<(), DbError> {
+    async fn record(&self, on_wire: &[String], outcomes: &[Outcome]) -> Result<(), StoreError> {
         Journal::record(self, on_wire, outcomes).await
     }
-    async fn next_retry_at(&self) -> Result<Option<i64>, DbError> {
+    async fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         Journal::next_retry_at(self).await
     }
-    async fn keep_alive(&self) -> Result<(), DbError> {
+    async fn keep_alive(&self) -> Result<(), StoreError> {
         self.renew().await
     }
     fn shares_rate(&self) -> bool {
         self.is_worker()
     }
-    async fn reserve_slots(&self, k: u32, interval: Duration) -> Result<Duration, DbError> {
+    async fn reserve_slots(&self, k: u32, interval: Duration) -> Result<Duration, StoreError> {
         Journal::reserve_slots(self, k, interval).await
     }
 }
@@ -327,7 +327,7 @@ enum Pace {
 }
 
 impl Pace {
-    async fn wait<Q: Queue>(&self, queue: &Q) -> Result<(), DbError> {
+    async fn wait<Q: Queue>(&self, queue: &Q) -> Result<(), StoreError> {
         match self {
             Pace::Local(l) => {
                 l.wait().await;
@@ -455,7 +455,7 @@ impl Committer {
     }
 
     /// The writer: runs until closed and drained, or a write fails.
-    async fn run<Q: Queue>(self: Arc<Self>, queue: Arc<Q>) -> Result<(), DbError> {
+    async fn run<Q: Queue>(self: Arc<Self>, queue: Arc<Q>) -> Result<(), StoreError> {
         let mut timed_out = false;
         loop {
             let taken = {
@@ -543,7 +543,7 @@ struct Shared<T> {
 /// prevents double sends.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct JournalFailed(#[from] pub DbError);
+pub struct JournalFailed(#[from] pub StoreError);
 
 /// Runs the loop until the queue is empty or it is stopped. `stop` turns
 /// true on Ctrl-C: in-flight sends finish and are recorded.
@@ -606,8 +606,8 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
             tasks.shutdown().await;
             return Err(match (&mut writer).await {
                 Ok(Err(e)) => JournalFailed(e),
-                Ok(Ok(())) => JournalFailed(DbError::Io("the journal writer stopped".into())),
-                Err(e) => JournalFailed(DbError::Io(format!("the journal writer failed: {e}"))),
+                Ok(Ok(())) => JournalFailed(StoreError::Io("the journal writer stopped".into())),
+                Err(e) => JournalFailed(StoreError::Io(format!("the journal writer failed: {e}"))),
             });
         }
         if *stop.borrow() && stats.stopped.is_none() {
@@ -768,7 +768,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     match writer.await {
         Ok(result) => result?,
         Err(e) => {
-            return Err(JournalFailed(DbError::Io(format!(
+            return Err(JournalFailed(StoreError::Io(format!(
                 "the journal writer failed: {e}"
             ))));
         }
@@ -801,7 +801,7 @@ fn outcome_of(job: &Job, result: &Result<String, SendError>, retry: Retry) -> Ou
             key,
             attempts: job.attempts,
             retry_at: now_ms(),
-            error,
+            error: error.into(),
         },
         FailureKind::Transient if attempts < retry.max_attempts => {
             let delay = retry.base.as_secs_f64() * 2f64.powi(job.attempts as i32);
@@ -811,7 +811,7 @@ fn outcome_of(job: &Job, result: &Result<String, SendError>, retry: Retry) -> Ou
                 key,
                 attempts,
                 retry_at: now_ms() + (delay * jitter * 1000.0) as i64,
-                error,
+                error: error.into(),
             }
         }
         FailureKind::Transient => {
@@ -820,14 +820,14 @@ fn outcome_of(job: &Job, result: &Result<String, SendError>, retry: Retry) -> Ou
             Outcome::Failed {
                 key,
                 attempts,
-                error,
+                error: error.into(),
                 bounced: false,
             }
         }
         kind => Outcome::Failed {
             key,
             attempts,
-            error,
+            error: error.into(),
             bounced: kind == FailureKind::Rejected,
         },
     }
@@ -904,17 +904,16 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::content::Issue;
-    use crate::store::db::Db;
     use crate::deliver::MemoryTransport;
-    use crate::store::journal::{Audience, Journal};
     use crate::deliver::unsubscribe::Signer;
     use crate::diagnostics::Diagnostics;
     use crate::render::{FieldSet, Renderer};
+    use crate::store::journal::{Audience, Journal};
     use crate::subscribers::Recipient;
 
     struct Setup {
         _dir: tempfile::TempDir,
-        db: Db,
+        db: crate::store::Store,
         config: Config,
     }
 
@@ -922,8 +921,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::Store::open("sqlite:t.db", dir.path())
             .await
-            .unwrap()
-            .backend();
+            .unwrap();
         let config = Config::parse(
             "[newsletter]\nfrom = \"T <news@example.org>\"\n[send]\nretry_base_secs = 0\nmax_attempts = 3\n",
             "t.toml",

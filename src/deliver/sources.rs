@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::store::journal::Job;
 use super::send::Queue;
+use crate::store::journal::Job;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::store::db::{Db, DbError};
 use crate::store::{Store, StoreError};
 use crate::subscribers::Recipient;
 
@@ -42,7 +41,7 @@ impl ListQueue {
 }
 
 impl Queue for ListQueue {
-    async fn claim(&self, n: usize) -> Result<Vec<Job>, DbError> {
+    async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         Ok(self.jobs.lock().unwrap().by_ref().take(n).collect())
     }
 }
@@ -72,7 +71,7 @@ impl StoreQueue {
 }
 
 impl Queue for StoreQueue {
-    async fn claim(&self, n: usize) -> Result<Vec<Job>, DbError> {
+    async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         let mut rx = self.rx.lock().await;
         let mut jobs = Vec::with_capacity(n);
         while jobs.len() < n {
@@ -96,15 +95,15 @@ impl Queue for StoreQueue {
 /// mailed (unsubscribed, bounced, removed).
 pub struct CsvQueue {
     rows: Mutex<std::iter::Enumerate<std::vec::IntoIter<Recipient>>>,
-    db: Option<Db>,
+    store: Option<Store>,
     skipped: Mutex<BTreeMap<String, u64>>,
 }
 
 impl CsvQueue {
-    pub fn new(rows: Vec<Recipient>, db: Option<Db>) -> CsvQueue {
+    pub fn new(rows: Vec<Recipient>, store: Option<Store>) -> CsvQueue {
         CsvQueue {
             rows: Mutex::new(rows.into_iter().enumerate()),
-            db,
+            store,
             skipped: Mutex::new(BTreeMap::new()),
         }
     }
@@ -116,7 +115,7 @@ impl CsvQueue {
 }
 
 impl Queue for CsvQueue {
-    async fn claim(&self, n: usize) -> Result<Vec<Job>, DbError> {
+    async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         loop {
             let batch: Vec<(usize, Recipient)> =
                 self.rows.lock().unwrap().by_ref().take(n).collect();
@@ -124,8 +123,8 @@ impl Queue for CsvQueue {
                 return Ok(Vec::new());
             }
             let recipients: Vec<Recipient> = batch.iter().map(|(_, r)| r.clone()).collect();
-            let blocked = match &self.db {
-                Some(db) => db.blocked(&recipients).await?,
+            let blocked = match &self.store {
+                Some(store) => store.blocked(&recipients).await?,
                 None => Default::default(),
             };
             let mut jobs = Vec::with_capacity(batch.len());

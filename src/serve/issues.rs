@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::content::{ContentError, Issue};
-use crate::store::db::{Db, DbError, on_db};
 use crate::diagnostics::Diagnostics;
 use crate::render::personalise::{Escape, Fields};
 use crate::render::{FieldSet, RenderError, Renderer};
+use crate::store::journal::{SentIssue, sent_issues};
 use crate::store::{Store, StoreError};
 
 /// Slugs are `[a-z0-9-]`: anything else is refused before a file name is
@@ -23,33 +23,6 @@ pub fn valid_slug(s: &str) -> bool {
         && s.len() <= 100
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// An issue the journal shows as sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentIssue {
-    pub slug: String,
-    /// When its first message was accepted (Unix ms).
-    pub first_sent_ms: i64,
-}
-
-/// Sent issues, newest first (by first send time).
-pub async fn sent_issues(db: &Db) -> Result<Vec<SentIssue>, DbError> {
-    const SQL: &str = "SELECT c.issue, MIN(d.sent_at) FROM campaigns c \
-         JOIN deliveries d ON d.campaign_id = c.id \
-         WHERE d.status = 'sent' AND d.sent_at IS NOT NULL \
-         GROUP BY c.issue ORDER BY MIN(d.sent_at) DESC, c.issue";
-    let err = |e| db.error("list the sent issues", e);
-    let rows: Vec<(String, i64)> = on_db!(db, pool => {
-        sqlx::query_as(SQL).fetch_all(pool).await.map_err(err)?
-    });
-    Ok(rows
-        .into_iter()
-        .map(|(slug, first_sent_ms)| SentIssue {
-            slug,
-            first_sent_ms,
-        })
-        .collect())
 }
 
 /// Where generated pages link to: the live server's paths, or paths
@@ -108,8 +81,6 @@ impl IssueInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Content(#[from] ContentError),
@@ -149,7 +120,6 @@ const RENDERS_AT_ONCE: usize = 2;
 impl From<IssueError> for crate::Error {
     fn from(e: IssueError) -> crate::Error {
         match e {
-            IssueError::Db(e) => e.into(),
             IssueError::Store(e) => e.into(),
             IssueError::Content(e) => e.into(),
             IssueError::Render(e) => e.into(),
@@ -249,7 +219,7 @@ impl Catalogue {
         {
             return Ok(list.clone());
         }
-        let list = Arc::new(sent_issues(&store.backend()).await?);
+        let list = Arc::new(sent_issues(store).await?);
         *self.sent.lock().expect("not poisoned") = Some((Instant::now(), list.clone()));
         Ok(list)
     }

@@ -31,7 +31,6 @@ use hyper_util::service::TowerToHyperService;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::store::db::on_db;
 use crate::deliver::unsubscribe::Signer;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -185,9 +184,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    let db = state.store.backend();
-    let ok = on_db!(&db, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok());
-    if ok {
+    if state.store.ping().await {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         log_error("health check: the database does not answer");
@@ -394,7 +391,7 @@ pub async fn run(state: Shared, listen: SocketAddr) -> Result<()> {
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
     let graceful = GracefulShutdown::new();
-    let mut stop = std::pin::pin!(crate::cli::shutdown_signal());
+    let mut stop = std::pin::pin!(crate::shutdown::signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {

@@ -7,8 +7,9 @@ use tera::{Context, Tera};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::issues::{IssueInfo, SentIssue};
+use super::issues::IssueInfo;
 use crate::config::Newsletter;
+use crate::store::journal::SentIssue;
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout.html", include_str!("templates/layout.html")),

@@ -175,7 +175,7 @@ async fn serve(state: Arc<Watch>, listen: SocketAddr, watched: &[String]) -> Res
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
-    let mut stop = std::pin::pin!(crate::cli::shutdown_signal());
+    let mut stop = std::pin::pin!(crate::shutdown::signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {

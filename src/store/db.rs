@@ -1,25 +1,10 @@
-//! SQL the send journal and the send sources share with the subscriber
-//! store: the database is the store's (`subscribers::Store::open` opens it
-//! and applies every migration, the journal's included); `Db` is its pool.
+//! The pool of whichever database is configured, for the journal's own
+//! queries (its hot path binds native types on dedicated connections).
+//! Private to the store: nothing outside `src/store/` sees a pool.
 
 pub use super::Backend as Db;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database {db}: cannot {action}: {message}")]
-    Query {
-        db: String,
-        action: String,
-        message: String,
-    },
-    /// The request conflicts with the state in the database.
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Io(String),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-}
+use super::StoreError;
 
 impl Db {
     pub fn describe(&self) -> String {
@@ -39,14 +24,13 @@ impl Db {
     }
 
     /// An error while doing `action`, with what to do for the usual causes.
-    pub fn error(&self, action: &str, e: sqlx::Error) -> DbError {
-        let mut message = e.to_string();
+    pub fn error(&self, action: &str, e: sqlx::Error) -> StoreError {
+        let mut message = format!("cannot {action}: {e}");
         if message.contains("database is locked") {
             message.push_str(": another process is using the database; wait for it to finish");
         }
-        DbError::Query {
+        StoreError::Query {
             db: self.describe(),
-            action: action.to_string(),
             message,
         }
     }
@@ -63,55 +47,3 @@ macro_rules! on_db {
     };
 }
 pub(crate) use on_db;
-
-use crate::subscribers::Recipient;
-
-impl Db {
-    /// Of these addresses (by key), the ones that must not be mailed, with
-    /// why: unsubscribed, bounced, or suppressed (removed). Two queries per
-    /// call, whatever the number of addresses.
-    pub async fn blocked(
-        &self,
-        recipients: &[Recipient],
-    ) -> Result<std::collections::HashMap<String, String>, DbError> {
-        let mut out = std::collections::HashMap::new();
-        if recipients.is_empty() {
-            return Ok(out);
-        }
-        let keys: Vec<String> = recipients.iter().map(Recipient::key).collect();
-        let hashes: Vec<String> = recipients
-            .iter()
-            .map(|r| crate::subscribers::email_hash_hex(&r.email))
-            .collect();
-        let list = (1..=keys.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Only numbered placeholders are interpolated; values are bound.
-        let by_status = format!(
-            "SELECT email_key, status FROM subscribers WHERE status <> 'active' AND email_key IN ({list})"
-        );
-        let by_hash = format!("SELECT email_hash FROM suppressions WHERE email_hash IN ({list})");
-        let err = |e| self.error("read subscribers", e);
-        let (statuses, suppressed): (Vec<(String, String)>, Vec<String>) = on_db!(self, pool => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(by_status));
-            for k in &keys {
-                q = q.bind(k);
-            }
-            let statuses = q.fetch_all(pool).await.map_err(err)?;
-            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(by_hash));
-            for h in &hashes {
-                q = q.bind(h);
-            }
-            (statuses, q.fetch_all(pool).await.map_err(err)?)
-        });
-        out.extend(statuses);
-        for (key, hash) in keys.iter().zip(&hashes) {
-            if suppressed.contains(hash) {
-                out.entry(key.clone())
-                    .or_insert_with(|| "suppressed".into());
-            }
-        }
-        Ok(out)
-    }
-}

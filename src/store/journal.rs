@@ -15,9 +15,55 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::Row;
 
-use crate::deliver::Outcome;
-use crate::store::db::{Db, DbError as StoreError, on_db};
+use super::db::{Db, on_db};
+use super::rule::{self, Who};
+use super::{Store, StoreError};
 use crate::subscribers::Recipient;
+
+/// What became of one attempt, as the journal records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The server accepted it.
+    Sent {
+        key: String,
+        message_id: String,
+        attempts: u32,
+    },
+    /// A transient failure: try again at `retry_at` (Unix ms).
+    Deferred {
+        key: String,
+        attempts: u32,
+        retry_at: i64,
+        error: Failure,
+    },
+    /// Given up: a permanent failure, or transient ones until the limit.
+    Failed {
+        key: String,
+        attempts: u32,
+        error: Failure,
+        /// The address was rejected: the subscriber is marked bounced.
+        bounced: bool,
+    },
+}
+
+impl Outcome {
+    /// The recipient's key.
+    pub fn key(&self) -> &str {
+        match self {
+            Outcome::Sent { key, .. }
+            | Outcome::Deferred { key, .. }
+            | Outcome::Failed { key, .. } => key,
+        }
+    }
+}
+
+/// Why an attempt failed: the SMTP reply code, when there was one, and the
+/// server's reply or the local cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: Option<u16>,
+    pub message: String,
+}
 
 /// Who a campaign goes to; part of its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +143,7 @@ pub struct Campaign {
 }
 
 pub struct Journal {
+    store: Store,
     db: Db,
     campaign: Campaign,
     /// Marks the rows this process claims: the worker id, or `host:pid`.
@@ -193,12 +240,13 @@ impl Journal {
     /// new campaign, unless workers are sending one right now: then it is
     /// joined. `csv` holds the recipients when the audience is a CSV file.
     pub async fn open_or_create(
-        db: &Db,
+        store: &Store,
         issue: &str,
         audience: &Audience,
         resend: bool,
         csv: Option<&[Recipient]>,
     ) -> Result<(Campaign, bool), StoreError> {
+        let db = &store.backend();
         let now = now_ms();
         let err = |e| db.error("start the campaign", e);
         let is_pg = matches!(db, Db::Postgres(_));
@@ -283,14 +331,15 @@ impl Journal {
                                 Audience::List(l) => l.clone(),
                                 _ => String::new(),
                             };
-                            sqlx::query(
+                            // Built only from the rule's constant SQL.
+                            let blocked = rule::blocked_reason(Who::Row("s"));
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
                                 "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes, status, last_error)
                                  SELECT $1, s.id, s.email_key, s.email_hash, s.email, s.first_name, s.last_name, s.attributes,
-                                        CASE WHEN s.status = 'active' THEN 'pending' ELSE 'skipped' END,
-                                        CASE WHEN s.status = 'active' THEN NULL ELSE s.status END
+                                        CASE WHEN {blocked} IS NULL THEN 'pending' ELSE 'skipped' END, {blocked}
                                  FROM subscribers s
-                                 WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)",
-                            )
+                                 WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)"
+                            )))
                             .bind(id)
                             .bind(list)
                             .execute(&mut *tx)
@@ -321,12 +370,13 @@ impl Journal {
     /// new one (the same decision as `open_or_create`, which takes it
     /// again under a lock); reads only, so a declined send leaves no trace.
     pub async fn current(
-        db: &Db,
+        store: &Store,
         issue: &str,
         audience: &Audience,
         resend: bool,
     ) -> Result<Option<Campaign>, StoreError> {
-        let latest = campaigns(db, issue).await?.into_iter().next();
+        let db = &store.backend();
+        let latest = campaigns(store, issue).await?.into_iter().next();
         let live_workers: i64 = match &latest {
             Some(c) => on_db!(db, pool => sqlx::query_scalar(
                 "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
@@ -344,7 +394,8 @@ impl Journal {
     /// Takes the campaign for this process: refuses while another live
     /// runner holds it, then turns rows a dead run left `sending` back to
     /// pending and counts them as possible duplicates.
-    pub async fn attach(db: &Db, campaign: Campaign) -> Result<(Journal, u64), StoreError> {
+    pub async fn attach(store: &Store, campaign: Campaign) -> Result<(Journal, u64), StoreError> {
+        let db = &store.backend();
         let runner = this_process();
         let now = now_ms();
         let err = |e| db.error("claim the campaign", e);
@@ -424,6 +475,7 @@ impl Journal {
         campaign.possible_duplicates += recovered as i64;
         Ok((
             Journal {
+                store: store.clone(),
                 db: db.clone(),
                 campaign,
                 runner,
@@ -439,10 +491,11 @@ impl Journal {
     /// stale), or by an earlier run of this worker id, go back to the queue
     /// and count as possible duplicates.
     pub async fn join(
-        db: &Db,
+        store: &Store,
         campaign: Campaign,
         worker: &str,
     ) -> Result<(Journal, u64), StoreError> {
+        let db = &store.backend();
         let Db::Postgres(pool) = db else {
             return Err(StoreError::Conflict(
                 "--worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine; set database = \"postgres://…\" (or TIDINGS_DATABASE_URL)".into(),
@@ -505,6 +558,7 @@ impl Journal {
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
         let journal = Journal {
+            store: store.clone(),
             db: db.clone(),
             campaign,
             runner: worker.to_string(),
@@ -642,6 +696,10 @@ impl Journal {
         let mut jobs = Vec::new();
         on_db!(&self.db, pool => {
             let mut tx = pool.begin().await.map_err(err)?;
+            let blocked = rule::blocked_reason(Who::Address {
+                key: "deliveries.email_key",
+                hash: "deliveries.email_hash",
+            });
             for select in candidates {
                 let want = n - jobs.len();
                 if want == 0 {
@@ -649,11 +707,8 @@ impl Journal {
                 }
                 // Built only from the constant fragments above.
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE deliveries SET status = 'skipped',
-                         last_error = COALESCE((SELECT s.status FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active'), 'suppressed')
-                     WHERE campaign_id = $1 AND {}
-                       AND (EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = deliveries.email_key AND s.status <> 'active')
-                            OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = deliveries.email_hash))",
+                    "UPDATE deliveries SET status = 'skipped', last_error = {blocked}
+                     WHERE campaign_id = $1 AND {} AND {blocked} IS NOT NULL",
                     within(select)
                 )))
                 .bind(id)
@@ -946,7 +1001,7 @@ impl Journal {
     }
 
     pub async fn counts(&self) -> Result<Counts, StoreError> {
-        counts(&self.db, self.campaign.id).await
+        counts(&self.store, self.campaign.id).await
     }
 
     /// Records why the run stopped early (or clears it), and the finish time
@@ -994,7 +1049,8 @@ impl Journal {
 }
 
 /// Counts of a campaign's rows by status (and reasons).
-pub async fn counts(db: &Db, campaign: i64) -> Result<Counts, StoreError> {
+pub async fn counts(store: &Store, campaign: i64) -> Result<Counts, StoreError> {
+    let db = &store.backend();
     let err = |e| db.error("read the send journal", e);
     let rows: Vec<(String, Option<String>, i64, i64)> = on_db!(db, pool => sqlx::query_as(
         "SELECT status, CASE WHEN status IN ('skipped', 'failed') THEN last_error ELSE NULL END, COUNT(*),
@@ -1052,7 +1108,8 @@ pub struct WorkerStats {
 }
 
 /// Per-worker counts for a campaign sent with --worker-id.
-pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, StoreError> {
+pub async fn worker_stats(store: &Store, campaign: i64) -> Result<Vec<WorkerStats>, StoreError> {
+    let db = &store.backend();
     let err = |e| db.error("read the send journal", e);
     let workers: Vec<(String, i64, Option<i64>, Option<String>)> = on_db!(db, pool => sqlx::query_as(
         "SELECT worker, heartbeat_at, exited_at, exit_reason FROM campaign_workers WHERE campaign_id = $1 ORDER BY worker",
@@ -1107,7 +1164,8 @@ pub async fn worker_stats(db: &Db, campaign: i64) -> Result<Vec<WorkerStats>, St
 }
 
 /// All campaigns of an issue, newest first.
-pub async fn campaigns(db: &Db, issue: &str) -> Result<Vec<Campaign>, StoreError> {
+pub async fn campaigns(store: &Store, issue: &str) -> Result<Vec<Campaign>, StoreError> {
+    let db = &store.backend();
     on_db!(db, pool => sqlx::query(
         "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
          FROM campaigns WHERE issue = $1 ORDER BY id DESC",
@@ -1133,10 +1191,11 @@ pub struct ReportRow {
 
 /// Writes one CSV line per recipient of the campaign, in send order.
 pub async fn write_report(
-    db: &Db,
+    store: &Store,
     campaign: i64,
     out: &mut csv::Writer<std::fs::File>,
 ) -> Result<u64, StoreError> {
+    let db = &store.backend();
     use futures_util::TryStreamExt;
     let err = |e| db.error("read the send journal", e);
     let mut n = 0;
@@ -1221,4 +1280,32 @@ pub fn format_time(ms: i64) -> String {
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// An issue the journal shows as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentIssue {
+    pub slug: String,
+    /// When its first message was accepted (Unix ms).
+    pub first_sent_ms: i64,
+}
+
+/// Sent issues, newest first (by first send time).
+pub async fn sent_issues(store: &Store) -> Result<Vec<SentIssue>, StoreError> {
+    const SQL: &str = "SELECT c.issue, MIN(d.sent_at) FROM campaigns c \
+         JOIN deliveries d ON d.campaign_id = c.id \
+         WHERE d.status = 'sent' AND d.sent_at IS NOT NULL \
+         GROUP BY c.issue ORDER BY MIN(d.sent_at) DESC, c.issue";
+    let db = &store.backend();
+    let err = |e| db.error("list the sent issues", e);
+    let rows: Vec<(String, i64)> = on_db!(db, pool => {
+        sqlx::query_as(SQL).fetch_all(pool).await.map_err(err)?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(slug, first_sent_ms)| SentIssue {
+            slug,
+            first_sent_ms,
+        })
+        .collect())
 }

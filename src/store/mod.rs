@@ -12,11 +12,15 @@
 //! Timestamps are RFC 3339 UTC text with whole seconds on both databases,
 //! so the API returns the same values whichever is used.
 
-pub mod db;
+mod db;
 mod import;
 pub mod journal;
 pub mod postgres;
+mod rule;
 pub mod sqlite;
+
+pub use rule::SUPPRESSED;
+use rule::Who;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -24,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
+use crate::config::ENV_DATABASE_URL;
 use crate::subscribers::csv::CsvError;
 use crate::subscribers::model::{
     self, AddOutcome, BounceOutcome, ImportOptions, ImportReport, ListFilter, ListStats,
@@ -31,7 +36,6 @@ use crate::subscribers::model::{
     UnsubscribeOutcome,
 };
 use crate::subscribers::{Recipient, email_hash_hex, normalise_email};
-use crate::config::ENV_DATABASE_URL;
 
 /// A database error, said so that a person can act on it. Every message
 /// names the database (a PostgreSQL URL without its password).
@@ -63,6 +67,14 @@ pub enum StoreError {
     /// The export's output failed (a full disk, a closed pipe).
     #[error("cannot write the export: {0}")]
     Write(#[source] std::io::Error),
+    /// The request conflicts with the state in the database (a campaign
+    /// another process runs, a worker id already in use, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// Writing somewhere other than the database failed (a report file),
+    /// or the journal's writer stopped.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// The pool of whichever database is configured, for code that writes its
@@ -335,9 +347,11 @@ pub(crate) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
 /// Rows per page when walking the store.
 const PAGE: i64 = 500;
 
-/// The subscriber store.
+/// The database: subscribers, lists, suppressions, events, campaigns,
+/// deliveries and workers. Cheap to clone (one shared pool).
+#[derive(Clone)]
 pub struct Store {
-    driver: Box<dyn Driver>,
+    driver: std::sync::Arc<dyn Driver>,
 }
 
 impl std::fmt::Debug for Store {
@@ -376,11 +390,15 @@ impl Store {
                 message: "unknown kind of database".into(),
             });
         };
-        Ok(Store { driver })
+        Ok(Store {
+            driver: driver.into(),
+        })
     }
 
     pub fn from_driver(driver: Box<dyn Driver>) -> Store {
-        Store { driver }
+        Store {
+            driver: driver.into(),
+        }
     }
 
     /// The database, for messages (a PostgreSQL URL without its password).
@@ -388,9 +406,28 @@ impl Store {
         self.driver.name()
     }
 
-    /// The pool, for code that writes its own SQL (the send journal).
-    pub fn backend(&self) -> Backend {
+    /// The pool, for the journal's own queries (inside this module only).
+    pub(crate) fn backend(&self) -> Backend {
         self.driver.backend()
+    }
+
+    /// True when several processes can send one campaign together
+    /// (PostgreSQL: row locks that skip what another worker holds).
+    pub fn supports_workers(&self) -> bool {
+        matches!(self.backend(), Backend::Postgres(_))
+    }
+
+    /// True when the database answers a trivial query (`serve`'s health
+    /// check).
+    pub async fn ping(&self) -> bool {
+        match Tx::begin(self.driver.as_ref(), false).await {
+            Ok(mut tx) => {
+                let ok = tx.fetch("SELECT 1", vec![]).await.is_ok();
+                let _ = tx.rollback().await;
+                ok
+            }
+            Err(_) => false,
+        }
     }
 
     /// Imports a CSV file; see [`Store::import`].
@@ -925,8 +962,8 @@ impl Store {
         list: Option<&str>,
     ) -> BoxStream<'_, Result<(i64, Recipient), StoreError>> {
         let mut sql = format!(
-            "SELECT {COLUMNS} FROM subscribers s WHERE s.id > $1 AND s.status = 'active' \
-             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = s.email_hash)"
+            "SELECT {COLUMNS} FROM subscribers s WHERE s.id > $1 AND {}",
+            rule::mailable(Who::Row("s"))
         );
         let mut args = vec![];
         if let Some(list) = list {
@@ -1032,9 +1069,10 @@ impl Store {
     /// How many an issue would go to right now (the same rule as
     /// `recipients`), on `list` if given; reads only.
     pub async fn audience_size(&self, list: Option<&str>) -> Result<u64, StoreError> {
-        let mut sql = "SELECT COUNT(*) FROM subscribers s WHERE s.status = 'active' \
-             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = s.email_hash)"
-            .to_string();
+        let mut sql = format!(
+            "SELECT COUNT(*) FROM subscribers s WHERE {}",
+            rule::mailable(Who::Row("s"))
+        );
         let mut args = vec![];
         if let Some(list) = list {
             args.push(Val::from(list));
@@ -1046,6 +1084,40 @@ impl Store {
         let n = tx.count(&sql, args).await?;
         tx.rollback().await?;
         Ok(n)
+    }
+
+    /// Of these addresses (by key), the ones that must not be mailed, with
+    /// why (see [`rule`]): the check a CSV send makes, since its addresses
+    /// need not be subscribers. One query per 500 addresses.
+    pub async fn blocked(
+        &self,
+        recipients: &[Recipient],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        for chunk in recipients.chunks(500) {
+            let mut sql = String::from("WITH c(k, h) AS (VALUES ");
+            let mut args = Vec::with_capacity(chunk.len() * 2);
+            for (i, r) in chunk.iter().enumerate() {
+                push_tuple(&mut sql, i, 2, 0);
+                args.push(Val::from(r.key()));
+                args.push(Val::from(email_hash_hex(&r.email)));
+            }
+            // Only numbered placeholders and the rule's constant SQL are
+            // interpolated; the addresses are bound.
+            sql.push_str(&format!(
+                ") SELECT k, r FROM (SELECT c.k AS k, {} AS r FROM c) t WHERE r IS NOT NULL",
+                rule::blocked_reason(Who::Address {
+                    key: "c.k",
+                    hash: "c.h"
+                })
+            ));
+            for mut row in tx.fetch(&sql, args).await? {
+                out.insert(row.text(0), row.text(1));
+            }
+        }
+        tx.rollback().await?;
+        Ok(out)
     }
 
     /// The lists that have members, sorted.
