@@ -56,6 +56,7 @@ suite!(
     add_updates_and_refuses,
     failed_read_writes_nothing,
     bulk_import_into_a_non_empty_store,
+    who_may_be_mailed,
 );
 
 fn options() -> ImportOptions {
@@ -1003,4 +1004,63 @@ async fn postgres_down_is_reported_without_the_password() {
         "cannot connect to PostgreSQL at postgres://tidings:***@127.0.0.1:1/tidings: \
          connection refused — is the server running? (set TIDINGS_DATABASE_URL or `database` in tidings.toml)"
     );
+}
+
+/// The one rule (`src/store/rule.rs`), seen through every way a send asks
+/// it: the CSV check (`blocked`), the audience count and the recipients.
+async fn who_may_be_mailed(ctx: &Ctx) {
+    let s = &ctx.store;
+    for email in [
+        "active@example.org",
+        "unsub@example.org",
+        "bounced@example.org",
+        "removed@example.org",
+    ] {
+        let new = NewSubscriber {
+            email: email.into(),
+            ..NewSubscriber::default()
+        };
+        s.add(&new, "add", false).await.unwrap();
+    }
+    s.unsubscribe("unsub@example.org", "test").await.unwrap();
+    s.mark_bounced("bounced@example.org", "550 no such user")
+        .await
+        .unwrap();
+    s.remove("removed@example.org", "test").await.unwrap();
+    // Never a subscriber, but unsubscribed by a link in a CSV send.
+    s.unsubscribe("Csv-Only@Example.org", "test").await.unwrap();
+
+    let asked: Vec<tidings::subscribers::Recipient> = [
+        "active@example.org",
+        "unsub@example.org",
+        "bounced@example.org",
+        "removed@example.org",
+        "csv-only@example.org",
+        "csv-new@example.org",
+    ]
+    .into_iter()
+    .map(tidings::subscribers::Recipient::new)
+    .collect();
+    let blocked: std::collections::BTreeMap<String, String> =
+        s.blocked(&asked).await.unwrap().into_iter().collect();
+    assert_eq!(
+        blocked,
+        [
+            ("bounced@example.org", "bounced"),
+            ("csv-only@example.org", "suppressed"),
+            ("removed@example.org", "suppressed"),
+            ("unsub@example.org", "unsubscribed"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    );
+    assert_eq!(s.audience_size(None).await.unwrap(), 1);
+    let mailable: Vec<String> = s
+        .recipients(None)
+        .map_ok(|(_, r)| r.email)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(mailable, ["active@example.org"]);
 }
