@@ -465,10 +465,7 @@ fn preview_build(config: &Config, args: &PreviewArgs) -> Result<(Diagnostics, Pa
                     continue;
                 }
             };
-            transport
-                .send(&message)
-                .await
-                .map_err(|e| Error::Usage(e.message))?;
+            transport.send(&message).await.map_err(Error::Transport)?;
         }
         Ok::<(), Error>(())
     })?;
@@ -486,9 +483,7 @@ fn preview_build(config: &Config, args: &PreviewArgs) -> Result<(Diagnostics, Pa
         findings: diags.iter().map(ToString::to_string).collect(),
         ..info
     };
-    let index = transport
-        .finish(&info)
-        .map_err(|e| Error::Usage(e.message))?;
+    let index = transport.finish(&info).map_err(Error::Transport)?;
     Ok((diags, index, transport.entries().len()))
 }
 
@@ -565,5 +560,5 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| Error::System(format!("cannot start the async runtime: {e}")))
 }

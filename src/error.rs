@@ -32,6 +32,14 @@ pub enum Error {
     /// `tidings serve` could not start (the address is taken, …).
     #[error("{0}")]
     Serve(String),
+    /// The mail server (or the preview folder) refused or could not be
+    /// reached: the reply, or the local cause.
+    #[error("{0}")]
+    Transport(#[from] crate::deliver::SendError),
+    /// The machine refused what a command needs (its async runtime, the
+    /// terminal for an answer).
+    #[error("{0}")]
+    System(String),
     /// Wrong use of the command line that clap cannot see.
     #[error("{0}")]
     Usage(String),

@@ -334,7 +334,7 @@ fn ask(question: &str, example: &str) -> Result<String> {
     std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
+        .map_err(|e| Error::System(format!("cannot read the answer: {e}")))?;
     let line = line.trim();
     Ok(if line.is_empty() {
         example.to_string()

@@ -9,15 +9,15 @@ use clap::Args;
 use super::{RecipientArgs, print_diagnostics, project_dir, render_issue, runtime, summary};
 use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET, Rate};
 use crate::content::Issue;
+use crate::deliver::campaign::{self, Ahead};
 use crate::deliver::send::{Progress, Queue, RunStats, SendOptions, Stopped, human_duration};
-use crate::deliver::smtp::SmtpTransport;
 use crate::deliver::sources::{CsvQueue, ListQueue, StoreQueue};
 use crate::deliver::unsubscribe::Signer;
 use crate::deliver::{FileTransport, MessageFactory, Transport};
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::render::{FieldSet, RenderedIssue};
 use crate::store::Store;
-use crate::store::journal::{self, Audience, Counts, Journal, format_time};
+use crate::store::journal::{self, Audience, Counts, format_time};
 use crate::subscribers::Recipient;
 use crate::{Error, Result};
 
@@ -268,25 +268,29 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     if let Audience::List(l) = &audience {
         known_list(&store, l).await?;
     }
-    let current = Journal::current(&store, &slug, &audience, args.resend).await?;
-    let to_send = match &current {
-        Some(c) => {
-            let before = journal::counts(&store, c.id).await?;
-            if before.remaining() == 0 {
-                println!(
-                    "nothing to send: all {} recipient{} of {slug} are done (sent {}, failed {}, skipped {}); `tidings status {}` has the details, --resend sends it again",
-                    before.total,
-                    plural(before.total),
-                    before.sent,
-                    before.failed,
-                    before.skipped,
-                    args.issue.display()
-                );
-                return Ok(());
-            }
-            before.remaining()
+    let plan = campaign::Plan {
+        store: &store,
+        issue: &slug,
+        audience: &audience,
+        resend: args.resend,
+        csv: csv.as_ref().map(|c| c.recipients.as_slice()),
+        worker: args.worker_id.as_deref(),
+    };
+    let to_send = match campaign::ahead(&plan).await? {
+        Ahead::Done(before) => {
+            println!(
+                "nothing to send: all {} recipient{} of {slug} are done (sent {}, failed {}, skipped {}); `tidings status {}` has the details, --resend sends it again",
+                before.total,
+                plural(before.total),
+                before.sent,
+                before.failed,
+                before.skipped,
+                args.issue.display()
+            );
+            return Ok(());
         }
-        None => {
+        Ahead::Continue { remaining } => remaining,
+        Ahead::New { recipients } => {
             // A scheduled send's first start, long after its time.
             if let Some(at) = args.not_before {
                 let late = time::OffsetDateTime::now_utc() - at;
@@ -300,26 +304,22 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
                     )));
                 }
             }
-            let n = match &csv {
-                Some(c) => mailable_in_csv(&store, &c.recipients).await?,
-                None => store.audience_size(args.list.as_deref()).await?,
-            };
-            if n == 0 {
+            if recipients == 0 {
                 return Err(Error::Usage(format!(
                     "nothing to send: {audience} has nobody who may be mailed (active, not unsubscribed, bounced or suppressed); `tidings subscribers stats` shows the counts. Nothing was written"
                 )));
             }
-            n
+            recipients
         }
     };
 
-    let transport = SmtpTransport::new(config)?.keep_idle(opts.concurrency);
+    let transport = crate::deliver::smtp(config, opts.concurrency)?;
     confirm(
         &args,
         &format!(
             "Send {slug} \"{title}\" to {to_send} recipient{} ({audience}) through {} at {}{}?",
             plural(to_send),
-            transport.server,
+            transport.describe(),
             opts.rate.map_or("full speed".into(), |r| r.to_string()),
             opts.rate
                 .filter(|r| !r.is_unlimited())
@@ -332,70 +332,30 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
                 .unwrap_or_default()
         ),
     )?;
-    transport
-        .check()
-        .await
-        .map_err(|e| Error::Usage(e.message))?;
+    transport.check().await.map_err(Error::Transport)?;
 
     // Yes: the recipients of a new campaign are fixed now.
-    let (campaign, _) = Journal::open_or_create(
-        &store,
-        &slug,
-        &audience,
-        args.resend,
-        csv.as_ref().map(|c| c.recipients.as_slice()),
-    )
+    let quiet = args.quiet;
+    let report = campaign::send(plan, transport, factory, &opts, stop_signal(), |recovered, left| {
+        if recovered > 0 {
+            eprintln!(
+                "note: a previous run stopped with {recovered} message{} in flight; {} sent again and may arrive twice",
+                plural(recovered),
+                if recovered == 1 { "it is" } else { "they are" }
+            );
+        }
+        Progress::new(left, quiet)
+    })
     .await?;
-    let (journal, recovered) = match &args.worker_id {
-        Some(w) => Journal::join(&store, campaign, w).await?,
-        None => Journal::attach(&store, campaign).await?,
-    };
-    if recovered > 0 {
-        eprintln!(
-            "note: a previous run stopped with {recovered} message{} in flight; {} sent again and may arrive twice",
-            plural(recovered),
-            if recovered == 1 { "it is" } else { "they are" }
-        );
-    }
-    let before = journal.counts().await?;
-    let journal = Arc::new(journal);
-    let progress = Progress::new(before.remaining(), args.quiet);
-    let stats = crate::deliver::send::run(
-        journal.clone(),
-        transport,
-        factory,
-        &opts,
-        &progress,
-        stop_signal(),
-    )
-    .await
-    .map_err(|e| Error::Store(e.0))?;
-    let after = journal.counts().await?;
-    let paused = match &stats.stopped {
-        Some(Stopped::Paused(why)) => Some(why.clone()),
-        Some(Stopped::Fatal(e)) => Some(e.message.clone()),
-        _ => None,
-    };
-    journal
-        .close(paused.as_deref(), after.remaining() == 0)
-        .await?;
-    journal.leave(&exit_reason(&stats.stopped)).await?;
     if let Some(path) = &args.report {
-        write_report(&store, journal.campaign().id, path).await?;
+        write_report(&store, report.campaign.id, path).await?;
     }
-    print_report(&stats, &after, journal.campaign().possible_duplicates);
-    outcome(&stats, &after, &args)
-}
-
-/// How a worker's run ended, for `tidings status`.
-fn exit_reason(stopped: &Option<Stopped>) -> String {
-    match stopped {
-        None => "finished".into(),
-        Some(Stopped::Limit) => "--limit reached".into(),
-        Some(Stopped::Interrupted) => "interrupted".into(),
-        Some(Stopped::Paused(why)) => format!("paused: {why}"),
-        Some(Stopped::Fatal(e)) => format!("stopped: {}", e.message),
-    }
+    print_report(
+        &report.stats,
+        &report.counts,
+        report.campaign.possible_duplicates,
+    );
+    outcome(&report.stats, &report.counts, &args)
 }
 
 /// An unknown list is an error before anything is written: a typo must not
@@ -429,31 +389,18 @@ async fn known_list(store: &Store, list: &str) -> Result<()> {
     )))
 }
 
-/// How many of a CSV file's recipients a new campaign would mail: each
-/// address once, less those the store says must not be mailed.
-async fn mailable_in_csv(store: &Store, rows: &[Recipient]) -> Result<u64> {
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<Recipient> = rows
-        .iter()
-        .filter(|r| seen.insert(r.key()))
-        .cloned()
-        .collect();
-    let blocked = store.blocked(&unique).await?;
-    Ok(unique
-        .iter()
-        .filter(|r| !blocked.contains_key(&r.key()))
-        .count() as u64)
-}
-
 /// The exit status of a send: 2 on a fatal stop, 1 if anyone failed or is
 /// left, 0 when everyone was sent (or skipped for a good reason).
 fn outcome(stats: &RunStats, after: &Counts, args: &SendArgs) -> Result<()> {
     let issue = args.issue.display();
     match &stats.stopped {
-        Some(Stopped::Fatal(e)) => Err(Error::Usage(format!(
-            "the send stopped: {}; fix it and rerun `tidings send {issue}` to continue",
-            e.message
-        ))),
+        Some(Stopped::Fatal(e)) => Err(Error::Transport(crate::deliver::SendError {
+            message: format!(
+                "the send stopped: {}; fix it and rerun `tidings send {issue}` to continue",
+                e.message
+            ),
+            ..e.clone()
+        })),
         Some(Stopped::Paused(why)) => Err(Error::Problems(format!(
             "the send paused: {why}. Check the failures above (or --report), then rerun `tidings send {issue}` to continue"
         ))),
@@ -504,7 +451,7 @@ fn confirm(args: &SendArgs, question: &str) -> Result<()> {
     std::io::stdin()
         .lock()
         .read_line(&mut answer)
-        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
+        .map_err(|e| Error::System(format!("cannot read the answer: {e}")))?;
     if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
         Ok(())
     } else {
@@ -669,7 +616,7 @@ async fn dry_run(
         stats.rate().unwrap_or(0.0)
     );
     if let Some(Stopped::Fatal(e)) = &stats.stopped {
-        return Err(Error::Usage(e.message.clone()));
+        return Err(Error::Transport(e.clone()));
     }
     if stats.failed > 0 {
         return Err(Error::Problems(format!(
@@ -748,12 +695,9 @@ async fn test_send(
     opts: &SendOptions,
 ) -> Result<()> {
     let recipients = test_recipients(store, &args.to).await?;
-    let transport = SmtpTransport::new(config)?.keep_idle(opts.concurrency);
-    transport
-        .check()
-        .await
-        .map_err(|e| Error::Usage(e.message))?;
-    let server = transport.server.clone();
+    let transport = crate::deliver::smtp(config, opts.concurrency)?;
+    transport.check().await.map_err(Error::Transport)?;
+    let server = transport.describe();
     let mut opts = opts.clone();
     // Nothing to come back to: a transient failure is reported, not retried.
     opts.max_attempts = 1;
@@ -766,7 +710,7 @@ async fn test_send(
         stats.sent, stats.failed
     );
     match &stats.stopped {
-        Some(Stopped::Fatal(e)) => Err(Error::Usage(e.message.clone())),
+        Some(Stopped::Fatal(e)) => Err(Error::Transport(e.clone())),
         _ if stats.failed > 0 => Err(Error::Problems(format!("{} failed", stats.failed))),
         _ => Ok(()),
     }

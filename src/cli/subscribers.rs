@@ -149,7 +149,7 @@ pub fn run(config: &Config, args: SubscribersArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Error::System(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let store = Store::open(&config.database, &config.base_dir()).await?;
         match args.command {

@@ -40,6 +40,10 @@ pub fn unique_stem(email: &str) -> String {
 }
 
 impl Transport for FileTransport {
+    fn describe(&self) -> String {
+        format!(".eml files in {}", self.dir.display())
+    }
+
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
         let path = self.path_for(&message.to);
         // A direct write: a 40 KB file lands in the page cache in tens of

@@ -4,6 +4,7 @@
 //! the raw bytes (see lettre's `Transport`): the preview files, the dry run
 //! and SMTP therefore all see exactly the same message.
 
+pub mod campaign;
 pub mod dkim;
 pub mod file;
 
@@ -83,6 +84,16 @@ impl From<SendError> for crate::store::journal::Failure {
 
 /// Takes finished messages somewhere.
 pub trait Transport: Send + Sync {
+    /// Where messages go, for the confirmation prompt and the report
+    /// (`smtp.example.org:587`, `preview files in out/`).
+    fn describe(&self) -> String;
+
+    /// Makes sure messages can go there before anything is recorded (SMTP
+    /// connects, says EHLO, starts TLS and logs in); `Ok` by default.
+    fn check(&self) -> impl Future<Output = Result<(), SendError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Sends one message; `Ok` means the receiving side accepted it.
     fn send(&self, message: &Outgoing) -> impl Future<Output = Result<(), SendError>> + Send;
 
@@ -124,6 +135,15 @@ pub trait Gate: Send + Sync {
     /// returns the ticket to pass to `ready` of the next message on the
     /// same connection. Only the first call counts.
     fn done(&self, result: &Result<(), SendError>) -> u64;
+}
+
+/// The configured mail server (`[smtp]`), keeping up to `connections`
+/// sessions open: one per concurrent send, so none is opened per message.
+pub fn smtp(
+    config: &crate::config::Config,
+    connections: usize,
+) -> Result<impl Transport + 'static, DeliverError> {
+    Ok(smtp::SmtpTransport::new(config)?.keep_idle(connections))
 }
 
 /// Errors that stop a delivery run before or outside a single recipient.

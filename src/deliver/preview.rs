@@ -92,6 +92,10 @@ impl PreviewTransport {
 }
 
 impl Transport for PreviewTransport {
+    fn describe(&self) -> String {
+        format!("preview files in {}", self.dir.display())
+    }
+
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
         let stem = unique_stem(&message.to);
         write(&self.dir.join(format!("{stem}.eml")), &message.bytes)?;

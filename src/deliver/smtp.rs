@@ -25,7 +25,7 @@ pub struct SmtpTransport {
     /// outcome it carried (see `Gate`).
     idle: Mutex<Vec<(Connection, Instant, u64)>>,
     /// `host:port (mode)`, for messages.
-    pub server: String,
+    server: String,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -339,6 +339,14 @@ impl Gate for Open {
 }
 
 impl Transport for SmtpTransport {
+    fn describe(&self) -> String {
+        self.server.clone()
+    }
+
+    async fn check(&self) -> Result<(), SendError> {
+        SmtpTransport::check(self).await
+    }
+
     async fn close(&self) {
         SmtpTransport::close(self).await;
     }
