@@ -17,7 +17,7 @@ use sqlx::Row;
 
 use super::db::{Db, on_db};
 use super::rule::{self, Who};
-use super::{Store, StoreError};
+use super::{Store, StoreError, Tx};
 use crate::subscribers::Recipient;
 
 /// What became of one attempt, as the journal records it.
@@ -839,94 +839,22 @@ impl Journal {
         }
         // On a connection of its own, kept: no pool round trip per commit.
         macro_rules! record_on {
-            ($conn:ident) => {{
-            if others.is_empty() && !rows.is_empty() && rows.len() <= CHUNK {
-                batch!(&rows).execute(&mut **$conn).await.map_err(err)?;
-                return Ok(());
-            }
-            let mut tx = sqlx::Connection::begin(&mut **$conn).await.map_err(err)?;
-            for chunk in rows.chunks(CHUNK) {
-                batch!(chunk).execute(&mut *tx).await.map_err(err)?;
-            }
-            for o in others {
-                match o {
-                    Outcome::Sent { .. } => unreachable!("recorded above"),
-                    Outcome::Deferred { key, attempts, retry_at, error } => {
-                        sqlx::query(
-                            "UPDATE deliveries SET status = 'deferred', on_wire = 0, attempts = $1, next_attempt_at = $2, last_code = $3, last_error = $4, worker = NULL
-                             WHERE campaign_id = $5 AND email_key = $6",
-                        )
-                        .bind(*attempts as i64)
-                        .bind(*retry_at)
-                        .bind(error.code.map(i64::from))
-                        .bind(&error.message)
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
-                    Outcome::Failed { key, attempts, error, bounced } => {
-                        sqlx::query(
-                            "UPDATE deliveries SET status = 'failed', on_wire = 0, attempts = $1, last_code = $2, last_error = $3
-                             WHERE campaign_id = $4 AND email_key = $5",
-                        )
-                        .bind(*attempts as i64)
-                        .bind(error.code.map(i64::from))
-                        .bind(&error.message)
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                        if *bounced {
-                            // The subscriber, if in the store, is bounced;
-                            // an address from a CSV file is suppressed, so
-                            // later sends skip it either way.
-                            let hash: Option<String> = sqlx::query_scalar(
-                                "SELECT email_hash FROM deliveries WHERE campaign_id = $1 AND email_key = $2",
-                            )
-                            .bind(id)
-                            .bind(key)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(err)?;
-                            let hash = hash.unwrap_or_default();
-                            let stamp = crate::subscribers::model::now();
-                            let n = sqlx::query(
-                                "UPDATE subscribers SET status = 'bounced', updated_at = $1 WHERE email_key = $2 AND status = 'active'",
-                            )
-                            .bind(&stamp)
-                            .bind(key)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(err)?
-                            .rows_affected();
-                            if n == 0 {
-                                sqlx::query(
-                                    "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) ON CONFLICT (email_hash) DO NOTHING",
-                                )
-                                .bind(&hash)
-                                .bind("bounced")
-                                .bind(&stamp)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(err)?;
-                            }
-                            sqlx::query(
-                                "INSERT INTO subscriber_events (email_hash, event, source, at) VALUES ($1, 'bounced', $2, $3)",
-                            )
-                            .bind(&hash)
-                            .bind(format!("bounce: {} on sending {}", error.code.map_or(String::new(), |c| c.to_string()), self.campaign.issue))
-                            .bind(&stamp)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(err)?;
-                        }
-                    }
+            ($conn:ident, $wrap:path) => {{
+                if others.is_empty() && !rows.is_empty() && rows.len() <= CHUNK {
+                    batch!(&rows).execute(&mut **$conn).await.map_err(err)?;
+                    return Ok(());
                 }
-            }
-            tx.commit().await.map_err(err)?;
+                let mut tx = sqlx::Connection::begin(&mut **$conn).await.map_err(err)?;
+                for chunk in rows.chunks(CHUNK) {
+                    batch!(chunk).execute(&mut *tx).await.map_err(err)?;
+                }
+                // The rare outcomes go through the store's operations, in the
+                // same transaction.
+                let mut tx = Tx::over($wrap(tx), self.store.driver.as_ref());
+                for o in others {
+                    self.record_failure(&mut tx, o).await?;
+                }
+                tx.commit().await?;
             }};
         }
         match &self.db {
@@ -937,7 +865,7 @@ impl Journal {
                 }
                 let conn = held.as_mut().expect("just set");
                 let result: Result<(), StoreError> = async {
-                    record_on!(conn);
+                    record_on!(conn, super::sqlite::wrap);
                     Ok(())
                 }
                 .await;
@@ -953,7 +881,7 @@ impl Journal {
                 }
                 let conn = held.as_mut().expect("just set");
                 let result: Result<(), StoreError> = async {
-                    record_on!(conn);
+                    record_on!(conn, super::postgres::wrap);
                     Ok(())
                 }
                 .await;
@@ -967,6 +895,72 @@ impl Journal {
 
     /// When the earliest deferred row is due, if any is waiting. A worker
     /// also waits for rows other workers have in flight: they are sent, or
+    /// Records a deferral or a failure; a rejected address is bounced by
+    /// the store's one bounce operation ([`super::status::bounce`]).
+    async fn record_failure(&self, tx: &mut Tx<'_>, outcome: &Outcome) -> Result<(), StoreError> {
+        let id = self.campaign.id;
+        match outcome {
+            Outcome::Sent { .. } => unreachable!("recorded in the batch"),
+            Outcome::Deferred {
+                key,
+                attempts,
+                retry_at,
+                error,
+            } => {
+                tx.exec(
+                    "UPDATE deliveries SET status = 'deferred', on_wire = 0, attempts = $1, next_attempt_at = $2, last_code = $3, last_error = $4, worker = NULL
+                     WHERE campaign_id = $5 AND email_key = $6",
+                    vec![
+                        i64::from(*attempts).into(),
+                        (*retry_at).into(),
+                        error.code.map(i64::from).into(),
+                        error.message.clone().into(),
+                        id.into(),
+                        key.clone().into(),
+                    ],
+                )
+                .await?;
+            }
+            Outcome::Failed {
+                key,
+                attempts,
+                error,
+                bounced,
+            } => {
+                tx.exec(
+                    "UPDATE deliveries SET status = 'failed', on_wire = 0, attempts = $1, last_code = $2, last_error = $3
+                     WHERE campaign_id = $4 AND email_key = $5",
+                    vec![
+                        i64::from(*attempts).into(),
+                        error.code.map(i64::from).into(),
+                        error.message.clone().into(),
+                        id.into(),
+                        key.clone().into(),
+                    ],
+                )
+                .await?;
+                if *bounced {
+                    let hash = tx
+                        .one(
+                            "SELECT email_hash FROM deliveries WHERE campaign_id = $1 AND email_key = $2",
+                            vec![id.into(), key.clone().into()],
+                        )
+                        .await?
+                        .map(|mut r| r.text(0))
+                        .unwrap_or_default();
+                    let source = format!(
+                        "bounce: {} on sending {}",
+                        error.code.map_or(String::new(), |c| c.to_string()),
+                        self.campaign.issue
+                    );
+                    let now = crate::subscribers::model::now();
+                    super::status::bounce(tx, &hash, &source, &now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// come back when that worker's heartbeat goes stale.
     pub async fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         let err = |e| self.db.error("read the send journal", e);

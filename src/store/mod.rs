@@ -18,6 +18,7 @@ pub mod journal;
 pub mod postgres;
 mod rule;
 pub mod sqlite;
+mod status;
 
 pub use rule::SUPPRESSED;
 use rule::Who;
@@ -89,6 +90,8 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Val {
     Null,
+    /// A NULL for an integer column (PostgreSQL types every parameter).
+    NullInt,
     Int(i64),
     Text(String),
 }
@@ -108,6 +111,11 @@ impl From<i64> for Val {
         Val::Int(i)
     }
 }
+impl From<Option<i64>> for Val {
+    fn from(i: Option<i64>) -> Val {
+        i.map_or(Val::NullInt, Val::Int)
+    }
+}
 impl From<Option<String>> for Val {
     fn from(s: Option<String>) -> Val {
         s.map_or(Val::Null, Val::Text)
@@ -123,19 +131,19 @@ impl Row {
         match &self.0[i] {
             Val::Int(v) => *v,
             Val::Text(t) => t.parse().unwrap_or(0),
-            Val::Null => 0,
+            Val::Null | Val::NullInt => 0,
         }
     }
     pub fn text(&mut self, i: usize) -> String {
         match std::mem::replace(&mut self.0[i], Val::Null) {
             Val::Text(t) => t,
             Val::Int(v) => v.to_string(),
-            Val::Null => String::new(),
+            Val::Null | Val::NullInt => String::new(),
         }
     }
     pub fn opt_text(&mut self, i: usize) -> Option<String> {
         match &self.0[i] {
-            Val::Null => None,
+            Val::Null | Val::NullInt => None,
             _ => Some(self.text(i)),
         }
     }
@@ -235,11 +243,16 @@ pub(crate) fn push_tuple(sql: &mut String, i: usize, width: usize, offset: usize
 
 /// A transaction with errors already mapped for the person.
 pub(crate) struct Tx<'a> {
-    conn: Box<dyn Conn>,
+    conn: Box<dyn Conn + 'a>,
     driver: &'a dyn Driver,
 }
 
 impl<'a> Tx<'a> {
+    /// A transaction begun elsewhere (the journal's own connection).
+    pub(crate) fn over(conn: Box<dyn Conn + 'a>, driver: &'a dyn Driver) -> Tx<'a> {
+        Tx { conn, driver }
+    }
+
     pub(crate) async fn begin(driver: &'a dyn Driver, write: bool) -> Result<Tx<'a>, StoreError> {
         Ok(Tx {
             conn: driver.begin(write).await?,
@@ -674,40 +687,7 @@ impl Store {
         let hash = check_hash(hash)?;
         let now = model::now();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let row = tx
-            .one(
-                "SELECT id, status FROM subscribers WHERE email_hash = $1",
-                vec![hash.clone().into()],
-            )
-            .await?;
-        let outcome = match row.map(|mut r| (r.int(0), parse_status(&r.text(1)))) {
-            Some((_, Status::Unsubscribed)) => UnsubscribeOutcome::AlreadyUnsubscribed,
-            Some((id, _)) => {
-                // A bounced person who asks to unsubscribe becomes
-                // unsubscribed: consent is the stronger fact.
-                tx.exec(
-                    "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = $1, updated_at = $1 WHERE id = $2",
-                    vec![now.clone().into(), id.into()],
-                )
-                .await?;
-                tx.event(&hash, "unsubscribed", source, &now).await?;
-                UnsubscribeOutcome::Unsubscribed
-            }
-            None => {
-                let n = tx
-                    .exec(
-                        "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) ON CONFLICT (email_hash) DO NOTHING",
-                        vec![hash.clone().into(), SUPPRESSED_UNSUBSCRIBED.into(), now.clone().into()],
-                    )
-                    .await?;
-                if n == 0 {
-                    UnsubscribeOutcome::AlreadySuppressed
-                } else {
-                    tx.event(&hash, "unsubscribed", source, &now).await?;
-                    UnsubscribeOutcome::Suppressed
-                }
-            }
-        };
+        let outcome = status::unsubscribe(&mut tx, &hash, source, &now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -722,43 +702,7 @@ impl Store {
         let hash = check_hash(hash)?;
         let now = model::now();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let row = tx
-            .one(
-                "SELECT id, status FROM subscribers WHERE email_hash = $1",
-                vec![hash.clone().into()],
-            )
-            .await?;
-        let outcome = match row {
-            Some(mut r) => match parse_status(&r.text(1)) {
-                Status::Active => ResubscribeOutcome::AlreadyActive,
-                Status::Bounced => ResubscribeOutcome::Bounced,
-                Status::Unsubscribed if !self_service(&mut tx, &hash).await? => {
-                    ResubscribeOutcome::NotSelfService
-                }
-                Status::Unsubscribed => {
-                    tx.exec(
-                        "UPDATE subscribers SET status = 'active', unsubscribed_at = NULL, updated_at = $1 WHERE id = $2",
-                        vec![now.clone().into(), r.int(0).into()],
-                    )
-                    .await?;
-                    tx.event(&hash, "resubscribed", source, &now).await?;
-                    ResubscribeOutcome::Resubscribed
-                }
-            },
-            None if !self_service(&mut tx, &hash).await? => ResubscribeOutcome::NotFound,
-            None => {
-                let n = tx
-                    .exec(
-                        "DELETE FROM suppressions WHERE email_hash = $1 AND reason = $2",
-                        vec![hash.clone().into(), SUPPRESSED_UNSUBSCRIBED.into()],
-                    )
-                    .await?;
-                if n > 0 {
-                    tx.event(&hash, "resubscribed", source, &now).await?;
-                }
-                ResubscribeOutcome::NotFound
-            }
-        };
+        let outcome = status::resubscribe(&mut tx, &hash, source, &now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -809,8 +753,9 @@ impl Store {
         })
     }
 
-    /// Marks an address as bounced (a permanent delivery failure). The
-    /// reason is recorded with the address itself blanked out.
+    /// Marks an address as bounced (a permanent delivery failure; see
+    /// [`status::bounce`]). The reason is recorded with the address itself
+    /// blanked out.
     pub async fn mark_bounced(
         &self,
         email: &str,
@@ -819,30 +764,9 @@ impl Store {
         let key = normalise_email(email);
         let hash = email_hash_hex(email);
         let now = model::now();
+        let source = format!("bounce: {}", redact_address(reason, &key));
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let row = tx
-            .one(
-                "SELECT id, status FROM subscribers WHERE email_key = $1",
-                vec![key.clone().into()],
-            )
-            .await?;
-        let outcome = match row {
-            None => BounceOutcome::NotFound,
-            Some(mut r) => match parse_status(&r.text(1)) {
-                Status::Bounced => BounceOutcome::AlreadyBounced,
-                Status::Unsubscribed => BounceOutcome::Unsubscribed,
-                Status::Active => {
-                    tx.exec(
-                        "UPDATE subscribers SET status = 'bounced', updated_at = $1 WHERE id = $2",
-                        vec![now.clone().into(), r.int(0).into()],
-                    )
-                    .await?;
-                    let source = format!("bounce: {}", redact_address(reason, &key));
-                    tx.event(&hash, "bounced", &source, &now).await?;
-                    BounceOutcome::Bounced
-                }
-            },
-        };
+        let outcome = status::bounce(&mut tx, &hash, &source, &now).await?;
         tx.commit().await?;
         Ok(outcome)
     }

@@ -158,7 +158,13 @@ impl Driver for PgDriver {
     }
 }
 
-struct PgTx(Transaction<'static, Postgres>);
+struct PgTx<'c>(Transaction<'c, Postgres>);
+
+/// A transaction the journal began on its own connection, as a [`Conn`],
+/// so the store's operations can run inside it.
+pub(crate) fn wrap<'c>(tx: Transaction<'c, Postgres>) -> Box<dyn Conn + 'c> {
+    Box::new(PgTx(tx))
+}
 
 fn query(
     sql: &str,
@@ -168,6 +174,7 @@ fn query(
     for a in args {
         q = match a {
             Val::Null => q.bind(None::<String>),
+            Val::NullInt => q.bind(None::<i64>),
             Val::Int(i) => q.bind(i),
             Val::Text(s) => q.bind(s),
         };
@@ -176,7 +183,7 @@ fn query(
 }
 
 #[async_trait::async_trait]
-impl Conn for PgTx {
+impl<'c> Conn for PgTx<'c> {
     async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, sqlx::Error> {
         Ok(query(sql, args)
             .execute(&mut *self.0)
@@ -246,7 +253,7 @@ impl Conn for PgTx {
             match (numeric[c], v) {
                 (true, Val::Int(n)) => ints[c].push(Some(n)),
                 (true, Val::Text(t)) => ints[c].push(t.parse().ok()),
-                (true, Val::Null) => ints[c].push(None),
+                (true, Val::Null | Val::NullInt) => ints[c].push(None),
                 (false, Val::Text(t)) => texts[c].push(Some(t)),
                 (false, _) => texts[c].push(None),
             }

@@ -164,7 +164,13 @@ impl Driver for SqliteDriver {
     }
 }
 
-struct SqliteTx(Transaction<'static, Sqlite>);
+struct SqliteTx<'c>(Transaction<'c, Sqlite>);
+
+/// A transaction the journal began on its own connection, as a [`Conn`],
+/// so the store's operations can run inside it.
+pub(crate) fn wrap<'c>(tx: Transaction<'c, Sqlite>) -> Box<dyn Conn + 'c> {
+    Box::new(SqliteTx(tx))
+}
 
 fn query(
     sql: &str,
@@ -175,6 +181,7 @@ fn query(
     for a in args {
         q = match a {
             Val::Null => q.bind(None::<String>),
+            Val::NullInt => q.bind(None::<i64>),
             Val::Int(i) => q.bind(i),
             Val::Text(s) => q.bind(s),
         };
@@ -238,7 +245,7 @@ fn positional(sql: &str, args: Vec<Val>) -> (String, Vec<Val>) {
 }
 
 #[async_trait::async_trait]
-impl Conn for SqliteTx {
+impl<'c> Conn for SqliteTx<'c> {
     async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, sqlx::Error> {
         Ok(query(sql, args)
             .execute(&mut *self.0)
@@ -351,7 +358,7 @@ fn bulk_insert(
             // `values`, which outlives every step of this statement.
             let rc = unsafe {
                 match value {
-                    Val::Null => ffi::sqlite3_bind_null(statement.0, index),
+                    Val::Null | Val::NullInt => ffi::sqlite3_bind_null(statement.0, index),
                     Val::Int(n) => ffi::sqlite3_bind_int64(statement.0, index, *n),
                     Val::Text(t) => ffi::sqlite3_bind_text64(
                         statement.0,

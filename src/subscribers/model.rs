@@ -270,7 +270,9 @@ pub enum BounceOutcome {
     AlreadyBounced,
     /// Unsubscribed people stay unsubscribed (the stronger state).
     Unsubscribed,
-    NotFound,
+    /// Not a subscriber: the address is now on the suppression list.
+    Suppressed,
+    AlreadySuppressed,
 }
 
 /// Checks an address; the error is the reason text of a skipped row.

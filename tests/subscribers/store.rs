@@ -359,7 +359,11 @@ async fn unsubscribed_and_bounced_stay_so(ctx: &Ctx) {
     );
     assert_eq!(
         s.mark_bounced("nobody@example.org", "x").await.unwrap(),
-        BounceOutcome::NotFound
+        BounceOutcome::Suppressed
+    );
+    assert_eq!(
+        s.mark_bounced("Nobody@Example.org", "x").await.unwrap(),
+        BounceOutcome::AlreadySuppressed
     );
 }
 
