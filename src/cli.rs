@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -12,13 +13,13 @@ mod send;
 mod serve;
 pub mod subscribers;
 
-use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
+use crate::config::Config;
 use crate::content::Issue;
 use crate::deliver::preview::GalleryInfo;
-use crate::deliver::unsubscribe::Signer;
-use crate::deliver::{MessageFactory, PreviewTransport, Transport};
+use crate::deliver::send::Stopped;
+use crate::deliver::unsubscribe::{Purpose, Signer};
+use crate::deliver::{MessageFactory, PreviewTransport};
 use crate::diagnostics::{Diagnostic, Diagnostics};
-use crate::render::checks::{GMAIL_CLIP_BYTES, check_html};
 use crate::render::{FieldSet, RenderedIssue, Renderer};
 use crate::subscribers::Recipient;
 use crate::{Error, Result};
@@ -399,22 +400,6 @@ fn check_dkim(config: &Config, diags: &mut Diagnostics) {
     }
 }
 
-/// The unsubscribe signer: the real secret when set; a fixed preview-only
-/// key otherwise, since preview links are never meant to work.
-fn preview_signer(config: &Config, diags: &mut Diagnostics) -> Signer {
-    let secret = match &config.secrets.unsubscribe_secret {
-        Some(s) => s.expose().as_bytes().to_vec(),
-        None => {
-            diags.push(Diagnostic::warning(
-                None,
-                format!("{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links in the preview are signed with a preview-only key and will not work"),
-            ));
-            b"tidings-preview-only".to_vec()
-        }
-    };
-    Signer::new(&secret, &config.newsletter.base_url)
-}
-
 /// Writes the preview gallery; the findings and the index page's path.
 fn preview_build(config: &Config, args: &PreviewArgs) -> Result<(Diagnostics, PathBuf, usize)> {
     let (mut recipients, fields) =
@@ -453,32 +438,26 @@ fn preview_build(config: &Config, args: &PreviewArgs) -> Result<(Diagnostics, Pa
         findings: Vec::new(),
     };
     let config = &with_example_sender(config, &mut diags);
-    let factory = MessageFactory::new(config, preview_signer(config, &mut diags), rendered)?;
-    let transport = PreviewTransport::new(&out);
-    let runtime = runtime()?;
-    runtime.block_on(async {
-        for r in &recipients {
-            let message = match factory.build(r) {
-                Ok(m) => m,
-                Err(e) => {
-                    diags.push(Diagnostic::error(Some(r.email.clone()), e.to_string()));
-                    continue;
-                }
-            };
-            transport.send(&message).await.map_err(Error::Transport)?;
-        }
-        Ok::<(), Error>(())
-    })?;
-    for e in transport.entries() {
-        if e.html_bytes > GMAIL_CLIP_BYTES {
-            check_html(
-                &std::fs::read_to_string(out.join(format!("{}.html", e.stem))).unwrap_or_default(),
-                &format!("HTML for {}", e.to),
-                &Default::default(),
-                &mut diags,
-            );
-        }
+    let factory = MessageFactory::new(
+        config,
+        Signer::for_purpose(config, Purpose::Preview, &mut diags).map_err(Error::Usage)?,
+        rendered,
+    )?;
+    // The send loop, one at a time (the gallery keeps the list's order),
+    // into preview files: the same path every message of a send takes.
+    let transport = Arc::new(PreviewTransport::new(&out));
+    let stats = runtime()?.block_on(crate::deliver::send::preview(
+        recipients,
+        transport.clone(),
+        factory,
+    ))?;
+    for (who, e) in &stats.failures {
+        diags.push(Diagnostic::error(Some(who.clone()), e.message.clone()));
     }
+    if let Some(Stopped::Fatal(e)) = stats.stopped {
+        return Err(Error::Transport(e));
+    }
+    diags.extend(transport.take_findings());
     let info = GalleryInfo {
         findings: diags.iter().map(ToString::to_string).collect(),
         ..info

@@ -38,7 +38,7 @@ pub struct Config {
     #[serde(default)]
     pub smtp: Smtp,
     #[serde(default)]
-    pub send: Send,
+    pub send: SendSettings,
     #[serde(default)]
     pub dkim: Dkim,
     /// Secrets from the environment; never read from or written to a file.
@@ -59,7 +59,7 @@ impl Default for Config {
             database: default_database(),
             newsletter: Newsletter::default(),
             smtp: Smtp::default(),
-            send: Send::default(),
+            send: SendSettings::default(),
             dkim: Dkim::default(),
             secrets: Secrets::default(),
             origin: None,
@@ -210,7 +210,7 @@ impl Smtp {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Send {
+pub struct SendSettings {
     #[serde(deserialize_with = "lenient")]
     pub rate: Rate,
     /// SMTP connections (and messages in flight) at once.
@@ -236,9 +236,9 @@ pub struct Send {
     pub stale_after: Span,
 }
 
-impl Default for Send {
+impl Default for SendSettings {
     fn default() -> Self {
-        Send {
+        SendSettings {
             rate: Rate::per_second(10),
             concurrency: 4,
             max_attempts: 5,

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{RecipientArgs, print_diagnostics, project_dir, render_issue, runtime, summary};
-use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET, Rate};
+use crate::config::{Config, Rate};
 use crate::content::Issue;
 use crate::deliver::campaign::{self, Ahead};
 use crate::deliver::send::{Progress, Queue, RunStats, SendOptions, Stopped, human_duration};
 use crate::deliver::sources::{CsvQueue, ListQueue, StoreQueue};
-use crate::deliver::unsubscribe::Signer;
+use crate::deliver::unsubscribe::{Purpose, Signer};
 use crate::deliver::{FileTransport, MessageFactory, Transport};
-use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::diagnostics::Diagnostics;
 use crate::render::{FieldSet, RenderedIssue};
 use crate::store::Store;
 use crate::store::journal::{self, Audience, Counts, format_time};
@@ -146,31 +146,6 @@ fn parse_concurrency(s: &str) -> std::result::Result<usize, String> {
     crate::config::check_concurrency(n)
 }
 
-fn signer(config: &Config, required: bool, diags: &mut Diagnostics) -> Result<Signer> {
-    match &config.secrets.unsubscribe_secret {
-        Some(s) => match crate::config::unsubscribe_secret_problem(s.expose()) {
-            None => Ok(Signer::new(
-                s.expose().as_bytes(),
-                &config.newsletter.base_url,
-            )),
-            Some(problem) => Err(Error::Usage(problem)),
-        },
-        None if required => Err(Error::Usage(format!(
-            "{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links must be signed with a secret that `tidings serve` also has; generate one with `openssl rand -hex 32` and export it"
-        ))),
-        None => {
-            diags.push(Diagnostic::warning(
-                None,
-                format!("{ENV_UNSUBSCRIBE_SECRET} is not set: the dry run signs unsubscribe links with a placeholder key"),
-            ));
-            Ok(Signer::new(
-                b"tidings-dry-run-only",
-                &config.newsletter.base_url,
-            ))
-        }
-    }
-}
-
 /// Renders the issue; any error stops the send before a message is built.
 fn render_for_send(
     config: &Config,
@@ -230,7 +205,8 @@ async fn send_async(config: &Config, args: SendArgs) -> Result<()> {
     let mut diags = Diagnostics::default();
     let (_issue, rendered) = render_for_send(config, &args, &fields, &mut diags)?;
     let live = !args.dry_run;
-    let signer = signer(config, live, &mut diags)?;
+    let purpose = if live { Purpose::Send } else { Purpose::DryRun };
+    let signer = Signer::for_purpose(config, purpose, &mut diags).map_err(Error::Usage)?;
     let slug = rendered.slug.clone();
     let title = rendered.title.clone();
     let sender_config;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::runtime;
-use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET};
-use crate::deliver::unsubscribe::Signer;
+use crate::config::Config;
+use crate::deliver::unsubscribe::{Purpose, Signer};
 use crate::{Error, Result};
 
 #[derive(Debug, Args)]
@@ -40,27 +40,10 @@ pub struct ArchiveArgs {
     pub out: PathBuf,
 }
 
-/// The secret the send pipeline signs links with: without it no link can
-/// be checked, so the server does not start.
-fn signer(config: &Config) -> Result<Signer> {
-    match &config.secrets.unsubscribe_secret {
-        Some(s) => match crate::config::unsubscribe_secret_problem(s.expose()) {
-            None => Ok(Signer::new(
-                s.expose().as_bytes(),
-                &config.newsletter.base_url,
-            )),
-            Some(problem) => Err(Error::Usage(format!(
-                "{problem} (the same secret `tidings send` signs links with)"
-            ))),
-        },
-        None => Err(Error::Usage(format!(
-            "{ENV_UNSUBSCRIBE_SECRET} is not set: `tidings serve` checks unsubscribe links with the secret `tidings send` signed them with; export the same value (generate one with `openssl rand -hex 32`)"
-        ))),
-    }
-}
-
 pub fn serve(config: Config, args: ServeArgs) -> Result<()> {
-    let signer = signer(&config)?;
+    // Without the secret no link can be checked: the server does not start.
+    let signer = Signer::for_purpose(&config, Purpose::Serve, &mut Default::default())
+        .map_err(Error::Usage)?;
     runtime()?.block_on(async move {
         let state = crate::serve::Shared::new(config, signer).await?;
         crate::serve::run(state, args.listen).await

@@ -33,17 +33,6 @@ impl MemoryTransport {
     }
 }
 
-/// Shared between a test and the send loop.
-impl Transport for std::sync::Arc<MemoryTransport> {
-    fn describe(&self) -> String {
-        self.as_ref().describe()
-    }
-
-    async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
-        self.as_ref().send(message).await
-    }
-}
-
 impl Transport for MemoryTransport {
     fn describe(&self) -> String {
         "memory (tests)".into()

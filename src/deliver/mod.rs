@@ -121,6 +121,30 @@ pub trait Transport: Send + Sync {
     }
 }
 
+/// A transport shared between the send loop and its owner (a test that
+/// reads what was sent, `preview` that writes the gallery afterwards).
+impl<T: Transport> Transport for std::sync::Arc<T> {
+    fn describe(&self) -> String {
+        self.as_ref().describe()
+    }
+    fn check(&self) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.as_ref().check()
+    }
+    fn send(&self, message: &Outgoing) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.as_ref().send(message)
+    }
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        self.as_ref().close()
+    }
+    fn send_gated(
+        &self,
+        message: &Outgoing,
+        gate: &dyn Gate,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.as_ref().send_gated(message, gate)
+    }
+}
+
 /// The send loop's hold on the moment a message can no longer be taken
 /// back (for SMTP, the end of DATA): what makes a crash cost at most one
 /// duplicate per connection.

@@ -9,10 +9,14 @@ use serde::Serialize;
 
 use super::file::unique_stem;
 use super::{FailureKind, Outgoing, SendError, Transport};
+use crate::diagnostics::Diagnostics;
+use crate::render::checks::{GMAIL_CLIP_BYTES, check_html};
 
 pub struct PreviewTransport {
     dir: PathBuf,
     entries: Mutex<Vec<Entry>>,
+    /// What the checks found in HTML that Gmail would clip.
+    findings: Mutex<Diagnostics>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,7 +57,13 @@ impl PreviewTransport {
         PreviewTransport {
             dir: dir.to_path_buf(),
             entries: Mutex::new(Vec::new()),
+            findings: Mutex::new(Diagnostics::default()),
         }
+    }
+
+    /// The checks' findings on messages over Gmail's clipping size.
+    pub fn take_findings(&self) -> Diagnostics {
+        std::mem::take(&mut self.findings.lock().unwrap())
     }
 
     pub fn entries(&self) -> Vec<Entry> {
@@ -112,6 +122,14 @@ impl Transport for PreviewTransport {
             })?;
         let html = parsed.body_html(0).unwrap_or_default();
         let text = parsed.body_text(0).unwrap_or_default();
+        if html.len() > GMAIL_CLIP_BYTES {
+            check_html(
+                &html,
+                &format!("HTML for {}", message.to),
+                &Default::default(),
+                &mut self.findings.lock().unwrap(),
+            );
+        }
         write(&self.dir.join(format!("{stem}.html")), html.as_bytes())?;
         // MIME text is CRLF; the preview file is for reading in an editor.
         let text = text.replace("\r\n", "\n");

@@ -113,7 +113,7 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
-    pub fn from_config(c: &crate::config::Send) -> SendOptions {
+    pub fn from_config(c: &crate::config::SendSettings) -> SendOptions {
         SendOptions {
             concurrency: c.concurrency,
             rate: Some(c.rate),
@@ -530,8 +530,8 @@ impl super::Gate for JobGate<'_> {
     }
 }
 
-/// Everything a send task needs, shared.
-struct Shared<T> {
+/// Everything a send task needs, shared by all of them.
+struct TaskKit<T> {
     transport: T,
     factory: MessageFactory,
     pace: Pace,
@@ -568,7 +568,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     };
     let committer = Arc::new(Committer::new());
     let mut writer = tokio::spawn(committer.clone().run(queue.clone()));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(TaskKit {
         transport,
         factory,
         pace,
@@ -779,6 +779,42 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+/// Sends `recipients` through `transport` one at a time, no retries, no
+/// pause, nothing recorded: `preview`'s run of the send loop.
+pub async fn preview<T: Transport + 'static>(
+    recipients: Vec<crate::subscribers::Recipient>,
+    transport: T,
+    factory: MessageFactory,
+) -> Result<RunStats, StoreError> {
+    let opts = SendOptions {
+        concurrency: 1,
+        rate: None,
+        max_attempts: 1,
+        retry_base: Duration::ZERO,
+        pause: PausePolicy {
+            consecutive: 0,
+            ratio: 1.0,
+            min_attempts: u32::MAX,
+        },
+        limit: None,
+        wait_for_retries: false,
+        batch: None,
+    };
+    // Kept alive: a closed channel would read as a stop request.
+    let (_keep, stop) = watch::channel(false);
+    let queue = Arc::new(super::sources::ListQueue::new(recipients));
+    run(
+        queue,
+        transport,
+        factory,
+        &opts,
+        &Progress::new(0, true),
+        stop,
+    )
+    .await
+    .map_err(|JournalFailed(e)| e)
 }
 
 /// What one attempt's result means for its row.

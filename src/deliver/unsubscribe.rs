@@ -27,6 +27,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, ENV_UNSUBSCRIBE_SECRET, unsubscribe_secret_problem};
+use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::subscribers::normalise_email;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -76,7 +78,63 @@ pub fn email_hash(email: &str) -> [u8; 32] {
     Sha256::digest(normalise_email(email).as_bytes()).into()
 }
 
+/// What the links a command signs are for, which decides how much the
+/// unsubscribe secret matters: the one policy for every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A real send: the links must work, so the secret must be set and strong.
+    Send,
+    /// `tidings serve` checks links: the same.
+    Serve,
+    /// A dry run: a weak secret is refused (it would be used for real
+    /// later), a missing one is replaced by a placeholder with a warning.
+    DryRun,
+    /// `preview`: links are never meant to work; without a secret, a
+    /// placeholder and a warning.
+    Preview,
+}
+
 impl Signer {
+    /// The signer for `purpose` from the configured secret, or the error a
+    /// person can act on. Warnings go to `diags`.
+    pub fn for_purpose(
+        config: &Config,
+        purpose: Purpose,
+        diags: &mut Diagnostics,
+    ) -> Result<Signer, String> {
+        let base = &config.newsletter.base_url;
+        match (&config.secrets.unsubscribe_secret, purpose) {
+            (Some(s), Purpose::Preview) => Ok(Signer::new(s.expose().as_bytes(), base)),
+            (Some(s), _) => match unsubscribe_secret_problem(s.expose()) {
+                None => Ok(Signer::new(s.expose().as_bytes(), base)),
+                Some(problem) if purpose == Purpose::Serve => Err(format!(
+                    "{problem} (the same secret `tidings send` signs links with)"
+                )),
+                Some(problem) => Err(problem),
+            },
+            (None, Purpose::Send) => Err(format!(
+                "{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links must be signed with a secret that `tidings serve` also has; generate one with `openssl rand -hex 32` and export it"
+            )),
+            (None, Purpose::Serve) => Err(format!(
+                "{ENV_UNSUBSCRIBE_SECRET} is not set: `tidings serve` checks unsubscribe links with the secret `tidings send` signed them with; export the same value (generate one with `openssl rand -hex 32`)"
+            )),
+            (None, Purpose::DryRun) => {
+                diags.push(Diagnostic::warning(
+                    None,
+                    format!("{ENV_UNSUBSCRIBE_SECRET} is not set: the dry run signs unsubscribe links with a placeholder key"),
+                ));
+                Ok(Signer::new(b"tidings-dry-run-only", base))
+            }
+            (None, Purpose::Preview) => {
+                diags.push(Diagnostic::warning(
+                    None,
+                    format!("{ENV_UNSUBSCRIBE_SECRET} is not set: unsubscribe links in the preview are signed with a preview-only key and will not work"),
+                ));
+                Ok(Signer::new(b"tidings-preview-only", base))
+            }
+        }
+    }
+
     pub fn new(secret: &[u8], base_url: &str) -> Signer {
         let mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
         let derive = |label: &[u8]| {

@@ -857,44 +857,32 @@ impl Journal {
                 tx.commit().await?;
             }};
         }
+        // The connection is kept between groups; dropped after an error, so
+        // the next group starts on a fresh one.
+        macro_rules! on_held {
+            ($pool:ident, $held:expr, $wrap:path) => {{
+                let mut held = $held.lock().await;
+                if held.is_none() {
+                    *held = Some($pool.acquire().await.map_err(err)?);
+                }
+                let conn = held.as_mut().expect("just set");
+                let result: Result<(), StoreError> = async {
+                    record_on!(conn, $wrap);
+                    Ok(())
+                }
+                .await;
+                if result.is_err() {
+                    *held = None;
+                }
+                result
+            }};
+        }
         match &self.db {
-            Db::Sqlite(pool) => {
-                let mut held = self.recorder.sqlite.lock().await;
-                if held.is_none() {
-                    *held = Some(pool.acquire().await.map_err(err)?);
-                }
-                let conn = held.as_mut().expect("just set");
-                let result: Result<(), StoreError> = async {
-                    record_on!(conn, super::sqlite::wrap);
-                    Ok(())
-                }
-                .await;
-                if result.is_err() {
-                    *held = None;
-                }
-                result
-            }
-            Db::Postgres(pool) => {
-                let mut held = self.recorder.postgres.lock().await;
-                if held.is_none() {
-                    *held = Some(pool.acquire().await.map_err(err)?);
-                }
-                let conn = held.as_mut().expect("just set");
-                let result: Result<(), StoreError> = async {
-                    record_on!(conn, super::postgres::wrap);
-                    Ok(())
-                }
-                .await;
-                if result.is_err() {
-                    *held = None;
-                }
-                result
-            }
+            Db::Sqlite(pool) => on_held!(pool, self.recorder.sqlite, super::sqlite::wrap),
+            Db::Postgres(pool) => on_held!(pool, self.recorder.postgres, super::postgres::wrap),
         }
     }
 
-    /// When the earliest deferred row is due, if any is waiting. A worker
-    /// also waits for rows other workers have in flight: they are sent, or
     /// Records a deferral or a failure; a rejected address is bounced by
     /// the store's one bounce operation ([`super::status::bounce`]).
     async fn record_failure(&self, tx: &mut Tx<'_>, outcome: &Outcome) -> Result<(), StoreError> {
@@ -961,6 +949,8 @@ impl Journal {
         Ok(())
     }
 
+    /// When the earliest deferred row is due, if any is waiting. A worker
+    /// also waits for rows other workers have in flight: they are sent, or
     /// come back when that worker's heartbeat goes stale.
     pub async fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         let err = |e| self.db.error("read the send journal", e);
