@@ -1,5 +1,7 @@
-//! The command line: parse arguments, run one command, map the outcome to
-//! an exit code in one place.
+//! The command line: parse arguments, ask for confirmation, print, and
+//! map the outcome to an exit code in one place. The work itself is the
+//! stages' (`deliver::campaign::send`, `store`, `render`, `serve`): no SQL
+//! and no journal state here.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,15 @@
 //! Data flows one way through one module per stage:
 //! `config` -> `content` (Markdown issue) -> `render` (tera -> MJML -> HTML,
 //! once per issue) -> `deliver` (per-recipient message -> transport), with
-//! `subscribers` supplying recipients and `cli` driving it all. `serve`
-//! answers the unsubscribe links and publishes sent issues.
+//! `subscribers` (the person, CSV) and `store` (the database: subscribers,
+//! suppressions, campaigns, deliveries) supplying recipients and recording
+//! outcomes, and `cli` driving it all. `serve` answers the unsubscribe links
+//! and publishes sent issues. Leaf modules any stage may use: `address`,
+//! `diagnostics`, `html`, `shutdown`; `error` gathers the stages' errors for
+//! the CLI.
+//!
+//! A module imports only from stages before it (or leaves); nothing imports
+//! `cli`, and only `store` speaks SQL.
 
 pub mod address;
 pub mod cli;

@@ -1,4 +1,11 @@
-//! Deliver: per-recipient messages and the transports that take them.
+//! Deliver: per-recipient messages, the transports that take them, and the
+//! send loop that paces them and hands every outcome to the store's
+//! journal. Sending an issue is one call, [`campaign::send`]; `preview`,
+//! the dry run and `--to` test sends run the same loop ([`send::run`]) with
+//! another queue and transport.
+//!
+//! Owns no SQL (the journal's queries are the store's) and prints nothing
+//! but the progress display it is given; the CLI confirms and reports.
 //!
 //! Every transport implements one method that receives the envelope and
 //! the raw bytes (see lettre's `Transport`): the preview files, the dry run

@@ -2,6 +2,8 @@
 //! It honours the unsubscribe links of every message (RFC 8058 one-click
 //! POSTs and a confirmation page), shows sent issues in the browser, and
 //! lists them with a feed. `archive` writes the same pages as files.
+//! It reads and changes subscribers only through the `store`'s operations,
+//! and must not import `cli`.
 //!
 //! axum's router runs on our own hyper accept loop: it adds a header-read
 //! timeout (a slow client cannot hold a connection open forever) and a

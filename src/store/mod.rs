@@ -1,5 +1,14 @@
-//! The subscriber store: one [`Store`] API over one [`Driver`] trait with two
-//! implementations, SQLite (the zero-setup default) and PostgreSQL.
+//! The store: the one module that speaks SQL. It owns every table
+//! (subscribers, lists, suppressions, events, campaigns, deliveries,
+//! workers) and every query, behind one [`Store`] API of typed operations
+//! and one error type, [`StoreError`]; no other module sees a pool, a
+//! transaction or `sqlx`. The rule of who may be mailed is in `rule.rs`,
+//! the status changes (unsubscribe, resubscribe, bounce) in `status.rs`, the
+//! send journal in `journal.rs`. It must not import `deliver`, `serve` or
+//! `cli`.
+//!
+//! One [`Driver`] trait has two implementations, SQLite (the zero-setup
+//! default) and PostgreSQL.
 //!
 //! All rules (what an import does to whom, what is counted, which events
 //! are recorded) live once in this module and in `import.rs`, written in

@@ -1,5 +1,9 @@
-//! Subscribers: the model, CSV import and export, the store (SQLite or
-//! PostgreSQL) and the `tidings subscribers …` commands.
+//! Subscribers: who a person is to tidings (the model, the address key and
+//! hash, [`Recipient`]) and the CSV format (import rows, export).
+//!
+//! Owns no storage: the database is the `store`'s, the `tidings subscribers`
+//! commands are in `cli/subscribers.rs`. Must not import `store`, `deliver`
+//! or `cli` (a test cross-checks the hash with `deliver`'s).
 
 pub mod csv;
 pub mod model;
