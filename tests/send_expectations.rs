@@ -538,6 +538,94 @@ fn the_connection_pool_follows_the_concurrency_asked_for() {
     );
 }
 
+/// The same against Postfix's smtp-sink, which counts the sessions it saw
+/// end (`sess=N`), at the size where a per-message session shows: 20,000.
+#[test]
+#[ignore = "needs Postfix's smtp-sink: run scripts/test.sh"]
+fn twenty_thousand_messages_at_concurrency_16_open_at_most_16_sessions() {
+    let sink = support::require_env(support::ENV_SMTP_SINK, "Postfix's smtp-sink");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(&sink);
+    cmd.arg("-c");
+    // smtp-sink refuses to keep root's privileges.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        cmd.args(["-u", "nobody"]);
+    }
+    let mut server = cmd
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read as it comes: a counter line per event fills a pipe in ~2,600
+    // messages, and a full pipe stops smtp-sink.
+    let mut stdout = server.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut counters = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut counters);
+        counters
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = Project::new(port);
+    fs::write(
+        p.path("list.csv"),
+        support::email_csv((0..20_000).map(|i| format!("s{i:05}@example.org"))),
+    )
+    .unwrap();
+    let out = support::run(
+        p.command(&[
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "list.csv",
+            "--yes",
+            "--quiet",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "16",
+        ])
+        .env("TIDINGS_SEND_CONCURRENCY", "4"),
+        Duration::from_secs(600),
+    );
+    // The probe above was one session; let the last QUITs be counted.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = server.kill();
+    let _ = server.wait();
+    let counters = reader.join().unwrap();
+    assert!(out.status.success(), "{}", support::describe(&out));
+    let last = counters
+        .split('\r')
+        .rfind(|l| l.starts_with("sess="))
+        .unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        last.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in smtp-sink's counters: {last:?}"))
+    };
+    assert_eq!(field("mesg="), 20_000, "{last}");
+    // 16 for the send, 1 for the probe, 1 for the server check before it.
+    assert!(
+        field("sess=") <= 18,
+        "{} SMTP sessions for 20,000 messages at --concurrency 16: {last}",
+        field("sess=")
+    );
+}
+
 #[test]
 fn a_scheduled_send_waits_for_its_time_and_refuses_a_stale_one() {
     let p = Project::new(1);
