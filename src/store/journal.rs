@@ -942,7 +942,11 @@ impl Journal {
                         self.campaign.issue
                     );
                     let now = crate::subscribers::model::now();
-                    super::status::bounce(tx, &hash, &source, &now).await?;
+                    let cause = super::status::Cause {
+                        source: &source,
+                        campaign: Some(id),
+                    };
+                    super::status::bounce(tx, &hash, cause, &now).await?;
                 }
             }
         }

@@ -21,6 +21,7 @@
 //! Timestamps are RFC 3339 UTC text with whole seconds on both databases,
 //! so the API returns the same values whichever is used.
 
+mod bounces;
 mod db;
 mod import;
 pub mod journal;
@@ -29,6 +30,7 @@ mod rule;
 pub mod sqlite;
 mod status;
 
+pub use bounces::{Action, BounceRow, Kind, Learned};
 pub use rule::SUPPRESSED;
 use rule::Who;
 
@@ -321,9 +323,22 @@ impl<'a> Tx<'a> {
         source: &str,
         at: &str,
     ) -> Result<(), StoreError> {
+        self.event_in(hash, event, source, at, None).await
+    }
+
+    /// Records a status change that a campaign's message led to (a bounce,
+    /// a complaint).
+    pub(crate) async fn event_in(
+        &mut self,
+        hash: &str,
+        event: &str,
+        source: &str,
+        at: &str,
+        campaign: Option<i64>,
+    ) -> Result<(), StoreError> {
         self.exec(
-            "INSERT INTO subscriber_events (email_hash, event, source, at) VALUES ($1, $2, $3, $4)",
-            vec![hash.into(), event.into(), source.into(), at.into()],
+            "INSERT INTO subscriber_events (email_hash, event, source, at, campaign_id) VALUES ($1, $2, $3, $4, $5)",
+            vec![hash.into(), event.into(), source.into(), at.into(), campaign.into()],
         )
         .await
         .map(drop)
@@ -775,7 +790,7 @@ impl Store {
         let now = model::now();
         let source = format!("bounce: {}", redact_address(reason, &key));
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let outcome = status::bounce(&mut tx, &hash, &source, &now).await?;
+        let outcome = status::bounce(&mut tx, &hash, status::Cause::from(&source), &now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -1110,7 +1125,7 @@ async fn self_service(tx: &mut Tx<'_>, hash: &str) -> Result<bool, StoreError> {
     let row = tx
         .one(
             "SELECT event, source FROM subscriber_events WHERE email_hash = $1 \
-             AND event IN ('unsubscribed', 'bounced', 'removed') ORDER BY id DESC LIMIT 1",
+             AND event IN ('unsubscribed', 'bounced', 'removed', 'complained') ORDER BY id DESC LIMIT 1",
             vec![hash.to_string().into()],
         )
         .await?;
@@ -1122,6 +1137,7 @@ async fn self_service(tx: &mut Tx<'_>, hash: &str) -> Result<bool, StoreError> {
 /// Suppression reasons.
 pub const SUPPRESSED_REMOVED: &str = "removed";
 pub const SUPPRESSED_UNSUBSCRIBED: &str = "unsubscribed";
+pub const SUPPRESSED_COMPLAINED: &str = "complained";
 
 async fn list_names(tx: &mut Tx<'_>, id: i64) -> Result<Vec<String>, StoreError> {
     Ok(tx
@@ -1159,7 +1175,7 @@ fn check_hash(hash: &str) -> Result<String, StoreError> {
 
 /// A bounce message with the address itself blanked out: the event trail
 /// keeps no personal data but the hash.
-fn redact_address(text: &str, key: &str) -> String {
+pub(crate) fn redact_address(text: &str, key: &str) -> String {
     let lower = text.to_lowercase();
     if key.is_empty() || lower.len() != text.len() {
         // Case folding changed byte lengths: blank conservatively.

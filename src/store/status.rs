@@ -5,12 +5,30 @@
 //! a signed link, an SMTP rejection during a send) all decide here what
 //! happens to whom, inside the caller's transaction.
 
-use super::{SUPPRESSED_UNSUBSCRIBED, StoreError, Tx, parse_status};
+use super::{SUPPRESSED_COMPLAINED, SUPPRESSED_UNSUBSCRIBED, StoreError, Tx, parse_status};
 use crate::subscribers::model::{BounceOutcome, ResubscribeOutcome, Status, UnsubscribeOutcome};
 
 /// Suppression reason for an address rejected by a server that is not a
 /// subscriber (a CSV-only address).
 pub const SUPPRESSED_BOUNCED: &str = "bounced";
+
+/// Why a change happens: who or what asked (`link`, `dsn`, `arf`,
+/// `webhook:ses`, `bounce: 550 …`) and the campaign whose message led to
+/// it, if known.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cause<'a> {
+    pub source: &'a str,
+    pub campaign: Option<i64>,
+}
+
+impl<'a> Cause<'a> {
+    pub fn from(source: &'a str) -> Cause<'a> {
+        Cause {
+            source,
+            campaign: None,
+        }
+    }
+}
 
 /// Someone as the store holds them, by the hash of their address.
 struct Found {
@@ -39,6 +57,10 @@ enum Step {
     /// Take the address off the suppression list, if it is there for this
     /// reason.
     Unsuppress(&'static str),
+    /// A complaint: unsubscribed if a subscriber (`Some(id)`), and on the
+    /// suppression list in any case, whatever else it was there for: the
+    /// strongest fact, which no resubscribe lifts.
+    Complaint(Option<i64>),
 }
 
 /// Makes `step`; records `event` from `source` when it changed anything.
@@ -48,7 +70,7 @@ async fn apply(
     hash: &str,
     step: Step,
     event: &str,
-    source: &str,
+    cause: Cause<'_>,
     now: &str,
 ) -> Result<bool, StoreError> {
     let changed = match step {
@@ -82,9 +104,30 @@ async fn apply(
             )
             .await?
         }
+        Step::Complaint(id) => {
+            let mut n = 0;
+            if let Some(id) = id {
+                n += tx
+                    .exec(
+                        "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = COALESCE(unsubscribed_at, $1), updated_at = $1 \
+                         WHERE id = $2 AND status <> 'unsubscribed'",
+                        vec![now.into(), id.into()],
+                    )
+                    .await?;
+            }
+            n + tx
+                .exec(
+                    "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (email_hash) DO UPDATE SET reason = excluded.reason \
+                     WHERE suppressions.reason <> excluded.reason",
+                    vec![hash.into(), SUPPRESSED_COMPLAINED.into(), now.into()],
+                )
+                .await?
+        }
     } > 0;
     if changed {
-        tx.event(hash, event, source, now).await?;
+        tx.event_in(hash, event, cause.source, now, cause.campaign)
+            .await?;
     }
     Ok(changed)
 }
@@ -103,12 +146,12 @@ pub(crate) async fn unsubscribe(
         Some((_, Status::Unsubscribed)) => UnsubscribeOutcome::AlreadyUnsubscribed,
         Some((id, _)) => {
             let step = Step::Status(id, Status::Unsubscribed);
-            apply(tx, hash, step, "unsubscribed", source, now).await?;
+            apply(tx, hash, step, "unsubscribed", Cause::from(source), now).await?;
             UnsubscribeOutcome::Unsubscribed
         }
         None => {
             let step = Step::Suppress(SUPPRESSED_UNSUBSCRIBED);
-            match apply(tx, hash, step, "unsubscribed", source, now).await? {
+            match apply(tx, hash, step, "unsubscribed", Cause::from(source), now).await? {
                 true => UnsubscribeOutcome::Suppressed,
                 false => UnsubscribeOutcome::AlreadySuppressed,
             }
@@ -136,14 +179,14 @@ pub(crate) async fn resubscribe(
         Some((_, Status::Unsubscribed)) if !self_service => ResubscribeOutcome::NotSelfService,
         Some((id, Status::Unsubscribed)) => {
             let step = Step::Status(id, Status::Active);
-            apply(tx, hash, step, "resubscribed", source, now).await?;
+            apply(tx, hash, step, "resubscribed", Cause::from(source), now).await?;
             ResubscribeOutcome::Resubscribed
         }
         None if !self_service => ResubscribeOutcome::NotFound,
         None => {
             // A CSV-only address: lifting its suppression is all there is.
             let step = Step::Unsuppress(SUPPRESSED_UNSUBSCRIBED);
-            apply(tx, hash, step, "resubscribed", source, now).await?;
+            apply(tx, hash, step, "resubscribed", Cause::from(source), now).await?;
             ResubscribeOutcome::NotFound
         }
     })
@@ -156,7 +199,7 @@ pub(crate) async fn resubscribe(
 pub(crate) async fn bounce(
     tx: &mut Tx<'_>,
     hash: &str,
-    source: &str,
+    cause: Cause<'_>,
     now: &str,
 ) -> Result<BounceOutcome, StoreError> {
     Ok(match find(tx, hash).await?.row {
@@ -164,15 +207,41 @@ pub(crate) async fn bounce(
         Some((_, Status::Unsubscribed)) => BounceOutcome::Unsubscribed,
         Some((id, Status::Active)) => {
             let step = Step::Status(id, Status::Bounced);
-            apply(tx, hash, step, "bounced", source, now).await?;
+            apply(tx, hash, step, "bounced", cause, now).await?;
             BounceOutcome::Bounced
         }
         None => {
             let step = Step::Suppress(SUPPRESSED_BOUNCED);
-            match apply(tx, hash, step, "bounced", source, now).await? {
+            match apply(tx, hash, step, "bounced", cause, now).await? {
                 true => BounceOutcome::Suppressed,
                 false => BounceOutcome::AlreadySuppressed,
             }
         }
     })
+}
+
+/// A complaint ("this is spam"): the person is unsubscribed and the
+/// address suppressed at once, for good: never mailed again, even by
+/// `send --resend`, and no link or `add --resubscribe` brings it back.
+/// Returns whether anything changed.
+pub(crate) async fn complain(
+    tx: &mut Tx<'_>,
+    hash: &str,
+    cause: Cause<'_>,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let id = find(tx, hash).await?.row.map(|(id, _)| id);
+    apply(tx, hash, Step::Complaint(id), "complained", cause, now).await
+}
+
+/// Records a soft bounce (a full mailbox, a server that is down): an
+/// event only; the caller decides when enough of them make a bounce.
+pub(crate) async fn soft_bounce(
+    tx: &mut Tx<'_>,
+    hash: &str,
+    cause: Cause<'_>,
+    now: &str,
+) -> Result<(), StoreError> {
+    tx.event_in(hash, "soft-bounced", cause.source, now, cause.campaign)
+        .await
 }

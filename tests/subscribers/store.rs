@@ -57,6 +57,7 @@ suite!(
     failed_read_writes_nothing,
     bulk_import_into_a_non_empty_store,
     who_may_be_mailed,
+    bounces_and_complaints,
 );
 
 fn options() -> ImportOptions {
@@ -1067,4 +1068,114 @@ async fn who_may_be_mailed(ctx: &Ctx) {
         .await
         .unwrap();
     assert_eq!(mailable, ["active@example.org"]);
+}
+
+fn learned(report: &str, email: &str, kind: tidings::store::Kind) -> tidings::store::Learned {
+    tidings::store::Learned {
+        report_id: report.into(),
+        email: email.into(),
+        kind,
+        status: match kind {
+            tidings::store::Kind::Soft => "4.2.2".into(),
+            tidings::store::Kind::Hard => "5.1.1".into(),
+            tidings::store::Kind::Complaint => String::new(),
+        },
+        diagnostic: format!("550 5.1.1 <{email}>: no such user"),
+        campaign: None,
+        source: if kind == tidings::store::Kind::Complaint {
+            "arf"
+        } else {
+            "dsn"
+        }
+        .into(),
+    }
+}
+
+/// The policy for what arrives after the relay said yes (issue 12): hard
+/// bounce, soft bounces up to the limit, complaint; a report twice is one.
+async fn bounces_and_complaints(ctx: &Ctx) {
+    use tidings::store::{Action, Kind};
+    let s = &ctx.store;
+    for email in ["ana@example.org", "bob@example.org", "cara@example.org"] {
+        let new = NewSubscriber {
+            email: email.into(),
+            ..NewSubscriber::default()
+        };
+        s.add(&new, "add", false).await.unwrap();
+    }
+    let hard = learned("<r1@mx>", "Ana@Example.org", Kind::Hard);
+    assert_eq!(s.learn(&hard, 3).await.unwrap(), Action::Bounced);
+    assert_eq!(s.learn(&hard, 3).await.unwrap(), Action::Repeat);
+    let csv_only = learned("<r2@mx>", "dan@example.org", Kind::Hard);
+    assert_eq!(s.learn(&csv_only, 3).await.unwrap(), Action::Suppressed);
+    let complaint = learned("<r3@fbl>", "bob@example.org", Kind::Complaint);
+    assert_eq!(s.learn(&complaint, 3).await.unwrap(), Action::Unsubscribed);
+    for (i, want) in [
+        Action::Counted { count: 1, limit: 3 },
+        Action::Counted { count: 2, limit: 3 },
+        Action::Bounced,
+        Action::AlreadyBlocked,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let soft = learned(&format!("<soft{i}@mx>"), "cara@example.org", Kind::Soft);
+        assert_eq!(s.learn(&soft, 3).await.unwrap(), want, "soft bounce {i}");
+    }
+
+    // Nobody of them may be mailed; a complaint is for good.
+    let asked: Vec<tidings::subscribers::Recipient> = [
+        "ana@example.org",
+        "bob@example.org",
+        "cara@example.org",
+        "dan@example.org",
+    ]
+    .into_iter()
+    .map(tidings::subscribers::Recipient::new)
+    .collect();
+    assert_eq!(s.blocked(&asked).await.unwrap().len(), 4);
+    let bob = email_hash_hex("bob@example.org");
+    assert_eq!(
+        s.resubscribe_by_hash(&bob, "link").await.unwrap(),
+        ResubscribeOutcome::NotSelfService
+    );
+    let again = NewSubscriber {
+        email: "bob@example.org".into(),
+        ..NewSubscriber::default()
+    };
+    assert!(matches!(
+        s.add(&again, "add", true).await.unwrap(),
+        AddOutcome::Suppressed { reason, .. } if reason == "complained"
+    ));
+    let events = s.events("bob@example.org").await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("complained", "arf"));
+
+    // What `bounces list` shows: newest first, the address while known,
+    // the server's words without it.
+    let rows = s.bounces(0).await.unwrap();
+    let seen: Vec<(String, &str, String)> = rows
+        .iter()
+        .map(|r| (r.email.clone(), r.kind.as_str(), r.action.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "cara@example.org".to_string(),
+                "soft",
+                "none (already blocked)".to_string()
+            ),
+            ("cara@example.org".into(), "soft", "bounced".into()),
+            ("cara@example.org".into(), "soft", "counted 2/3".into()),
+            ("cara@example.org".into(), "soft", "counted 1/3".into()),
+            ("bob@example.org".into(), "complaint", "unsubscribed".into()),
+            ("".into(), "hard", "suppressed".into()),
+            ("ana@example.org".into(), "hard", "bounced".into()),
+        ]
+    );
+    assert_eq!(
+        rows.last().unwrap().diagnostic,
+        "550 5.1.1 <<address>>: no such user"
+    );
 }
