@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod bounces;
 mod init;
 mod send;
 mod serve;
@@ -61,6 +62,8 @@ pub enum Command {
     Status(send::StatusArgs),
     /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
     Subscribers(crate::cli::subscribers::SubscribersArgs),
+    /// Bounces and complaints that came back after the relay accepted: list
+    Bounces(crate::cli::bounces::BouncesArgs),
     /// Run the web service for unsubscribe links (RFC 8058 one-click) and the issues in the browser
     Serve(serve::ServeArgs),
     /// Write the sent issues as static HTML pages with an Atom feed
@@ -177,6 +180,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::send(&config, args),
         Command::Status(args) => send::status(&config, args),
         Command::Subscribers(args) => crate::cli::subscribers::run(&config, args),
+        Command::Bounces(args) => crate::cli::bounces::run(&config, args),
         Command::Serve(args) => serve::serve(config, args),
         Command::Archive(args) => serve::archive(&config, args),
         Command::New(args) => init::new(&config, args),

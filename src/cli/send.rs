@@ -722,6 +722,18 @@ pub fn status(config: &Config, args: StatusArgs) -> Result<()> {
             for (reason, n) in &counts.failed_by {
                 let _ = writeln!(out, "  failed ({n}): {reason}");
             }
+            // What came back after the relay accepted (`tidings bounces`).
+            let (bounced, complained) = store.campaign_feedback(c.id).await?;
+            if bounced + complained > 0 {
+                let _ = writeln!(
+                    out,
+                    "  after the relay accepted: {bounced} bounced, {complained} complained{}",
+                    match (counts.sent, complained) {
+                        (0, _) | (_, 0) => String::new(),
+                        (sent, n) => format!(" ({:.2}% of sent)", n as f64 * 100.0 / sent as f64),
+                    }
+                );
+            }
             let now = journal::now_ms();
             let workers = journal::worker_stats(&store, c.id).await?;
             // Rows held by a worker that exited or died are not in flight:

@@ -434,7 +434,16 @@ async fn stats(store: &Store) -> Result<()> {
         s.unsubscribed,
         s.bounced
     );
-    println!("suppressed addresses: {}", s.suppressed);
+    if s.suppressed_by.is_empty() {
+        println!("suppressed addresses: 0");
+    } else {
+        let by: Vec<String> = s
+            .suppressed_by
+            .iter()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        println!("suppressed addresses: {} ({})", s.suppressed, by.join(", "));
+    }
     if s.lists.is_empty() {
         println!("lists: none");
     } else {

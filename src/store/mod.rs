@@ -984,9 +984,17 @@ impl Store {
                 Status::Bounced => stats.bounced += n,
             }
         }
-        stats.suppressed = tx
-            .count("SELECT COUNT(*) FROM suppressions", vec![])
-            .await?;
+        for mut r in tx
+            .fetch(
+                "SELECT reason, COUNT(*) FROM suppressions GROUP BY reason ORDER BY reason",
+                vec![],
+            )
+            .await?
+        {
+            let n = r.int(1) as u64;
+            stats.suppressed += n;
+            stats.suppressed_by.push((r.text(0), n));
+        }
         for mut r in tx
             .fetch(
                 "SELECT l.list, s.status, COUNT(*) FROM subscriber_lists l JOIN subscribers s ON s.id = l.subscriber_id \

@@ -185,6 +185,9 @@ pub struct Stats {
     pub bounced: u64,
     /// Suppression entries (removed people, unsubscribes of unknown addresses).
     pub suppressed: u64,
+    /// The same by cause (`removed`, `unsubscribed`, `bounced`,
+    /// `complained`), sorted.
+    pub suppressed_by: Vec<(String, u64)>,
     /// Sorted by list name.
     pub lists: Vec<ListStats>,
 }

@@ -711,6 +711,7 @@ async fn recipients_stats_and_attribute_keys(ctx: &Ctx) {
             unsubscribed: 1,
             bounced: 1,
             suppressed: 1,
+            suppressed_by: vec![("removed".into(), 1)],
             lists: vec![
                 ListStats {
                     list: "events".into(),
