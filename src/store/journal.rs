@@ -13,11 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::Row;
-
-use super::db::{Db, on_db};
 use super::rule::{self, Who};
-use super::{Store, StoreError, Tx};
+use super::{Driver, Kept, Row, Store, StoreError, Tx, Val};
 use crate::subscribers::Recipient;
 
 /// What became of one attempt, as the journal records it.
@@ -144,21 +141,14 @@ pub struct Campaign {
 
 pub struct Journal {
     store: Store,
-    db: Db,
     campaign: Campaign,
     /// Marks the rows this process claims: the worker id, or `host:pid`.
     runner: String,
     /// Set when this process is one of several workers (PostgreSQL).
     worker: Option<String>,
-    /// The connection `record` keeps.
-    recorder: Recorder,
-}
-
-/// A pool connection kept for recording (by the database's kind).
-#[derive(Default)]
-struct Recorder {
-    sqlite: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>>,
-    postgres: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
+    /// The connection `record` keeps between groups: no pool round trip
+    /// per commit.
+    recorder: tokio::sync::Mutex<Kept>,
 }
 
 /// What happened when a send started.
@@ -233,6 +223,20 @@ impl Journal {
         &self.campaign
     }
 
+    fn driver(&self) -> &dyn Driver {
+        self.store.driver.as_ref()
+    }
+
+    fn new(store: &Store, campaign: Campaign, runner: String, worker: Option<String>) -> Journal {
+        Journal {
+            store: store.clone(),
+            campaign,
+            runner,
+            worker,
+            recorder: tokio::sync::Mutex::new(Kept::default()),
+        }
+    }
+
     /// The issue's campaign for `audience`: the current one, or a new one
     /// with its recipients fixed, in one transaction (on PostgreSQL under a
     /// lock on the issue, so workers starting together make one campaign).
@@ -246,124 +250,100 @@ impl Journal {
         resend: bool,
         csv: Option<&[Recipient]>,
     ) -> Result<(Campaign, bool), StoreError> {
-        let db = &store.backend();
+        let driver = store.driver.as_ref();
         let now = now_ms();
-        let err = |e| db.error("start the campaign", e);
-        let is_pg = matches!(db, Db::Postgres(_));
-        let (campaign, created) = on_db!(db, pool => {
-            let mut tx = pool.begin().await.map_err(err)?;
-            if is_pg {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidings:' || $1))")
-                    .bind(issue)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
-            let latest = sqlx::query(
-                "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
-                 FROM campaigns WHERE issue = $1 ORDER BY id DESC LIMIT 1",
+        let mut tx = Tx::begin(driver, true).await?;
+        if driver.shared_sends() {
+            tx.exec(
+                "SELECT pg_advisory_xact_lock(hashtext('tidings:' || $1))",
+                vec![issue.into()],
             )
-            .bind(issue)
-            .fetch_optional(&mut *tx)
-            .await
-            .and_then(|row| row.as_ref().map(campaign_from_row).transpose())
-            .map_err(err)?;
-            let live_workers: i64 = match &latest {
-                Some(c) => sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
-                )
-                .bind(c.id)
-                .bind(now - WORKER_STALE.as_millis() as i64)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?,
-                None => 0,
-            };
-            match continued(issue, audience, resend, latest, live_workers)? {
-                Some(c) => {
-                    tx.commit().await.map_err(err)?;
-                    (c, false)
-                }
-                None => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO campaigns (issue, audience, created_at) VALUES ($1, $2, $3) RETURNING id",
-                    )
-                    .bind(issue)
-                    .bind(audience.key())
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(err)?;
-                    match (audience, csv) {
-                        (Audience::Csv(_), Some(rows)) => {
-                            // Many rows per statement: one round trip per
-                            // chunk, not per recipient (PostgreSQL).
-                            for (chunk_no, chunk) in rows.chunks(200).enumerate() {
-                                let values = (0..chunk.len())
-                                    .map(|i| {
-                                        let p = i * 8;
-                                        format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8)
-                                    })
-                                    .collect::<Vec<_>>()
-                                    .join(", ");
-                                // Only numbered placeholders are interpolated.
-                                let sql = format!(
-                                    "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes)
-                                     VALUES {values} ON CONFLICT (campaign_id, email_key) DO NOTHING"
-                                );
-                                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                                for (i, r) in chunk.iter().enumerate() {
-                                    q = q
-                                        .bind(id)
-                                        .bind((chunk_no * 200 + i) as i64 + 1)
-                                        .bind(r.key())
-                                        .bind(crate::subscribers::email_hash_hex(&r.email))
-                                        .bind(r.email.clone())
-                                        .bind(r.first_name.clone())
-                                        .bind(r.last_name.clone())
-                                        .bind(serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".into()));
-                                }
-                                q.execute(&mut *tx).await.map_err(err)?;
-                            }
-                        }
-                        _ => {
-                            let list = match audience {
-                                Audience::List(l) => l.clone(),
-                                _ => String::new(),
-                            };
-                            // Built only from the rule's constant SQL.
-                            let blocked = rule::blocked_reason(Who::Row("s"));
-                            sqlx::query(sqlx::AssertSqlSafe(format!(
-                                "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes, status, last_error)
-                                 SELECT $1, s.id, s.email_key, s.email_hash, s.email, s.first_name, s.last_name, s.attributes,
-                                        CASE WHEN {blocked} IS NULL THEN 'pending' ELSE 'skipped' END, {blocked}
-                                 FROM subscribers s
-                                 WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)"
-                            )))
-                            .bind(id)
-                            .bind(list)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(err)?;
-                        }
+            .await?;
+        }
+        let latest = tx
+            .one(
+                &format!(
+                    "SELECT {CAMPAIGN} FROM campaigns WHERE issue = $1 ORDER BY id DESC LIMIT 1"
+                ),
+                vec![issue.into()],
+            )
+            .await?
+            .map(campaign_from_row);
+        let live_workers = match &latest {
+            Some(c) => tx.count(LIVE_WORKERS, live_workers_args(c.id, now)).await? as i64,
+            None => 0,
+        };
+        if let Some(c) = continued(issue, audience, resend, latest, live_workers)? {
+            tx.commit().await?;
+            return Ok((c, false));
+        }
+        let id = tx
+            .one(
+                "INSERT INTO campaigns (issue, audience, created_at) VALUES ($1, $2, $3) RETURNING id",
+                vec![issue.into(), audience.key().into(), now.into()],
+            )
+            .await?
+            .map_or(0, |r| r.int(0));
+        match (audience, csv) {
+            (Audience::Csv(_), Some(rows)) => {
+                // Many rows per statement: one round trip per chunk, not
+                // per recipient (PostgreSQL).
+                for (chunk_no, chunk) in rows.chunks(200).enumerate() {
+                    let mut sql = String::from(
+                        "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes) VALUES ",
+                    );
+                    let mut args = Vec::with_capacity(chunk.len() * 8);
+                    for (i, r) in chunk.iter().enumerate() {
+                        super::push_tuple(&mut sql, i, 8, 0);
+                        args.extend([
+                            Val::from(id),
+                            Val::from((chunk_no * 200 + i) as i64 + 1),
+                            Val::from(r.key()),
+                            Val::from(crate::subscribers::email_hash_hex(&r.email)),
+                            Val::from(r.email.clone()),
+                            Val::from(r.first_name.clone()),
+                            Val::from(r.last_name.clone()),
+                            Val::from(super::attributes_json(&r.attributes)),
+                        ]);
                     }
-                    tx.commit().await.map_err(err)?;
-                    (
-                        Campaign {
-                            id,
-                            issue: issue.to_string(),
-                            audience: audience.key(),
-                            created_at: now,
-                            finished_at: None,
-                            possible_duplicates: 0,
-                            paused_reason: None,
-                        },
-                        true,
-                    )
+                    // Only numbered placeholders are interpolated.
+                    sql.push_str(" ON CONFLICT (campaign_id, email_key) DO NOTHING");
+                    tx.exec(&sql, args).await?;
                 }
             }
-        });
-        Ok((campaign, created))
+            _ => {
+                let list = match audience {
+                    Audience::List(l) => l.clone(),
+                    _ => String::new(),
+                };
+                // Built only from the rule's constant SQL.
+                let blocked = rule::blocked_reason(Who::Row("s"));
+                tx.exec(
+                    &format!(
+                        "INSERT INTO deliveries (campaign_id, seq, email_key, email_hash, email, first_name, last_name, attributes, status, last_error)
+                         SELECT $1, s.id, s.email_key, s.email_hash, s.email, s.first_name, s.last_name, s.attributes,
+                                CASE WHEN {blocked} IS NULL THEN 'pending' ELSE 'skipped' END, {blocked}
+                         FROM subscribers s
+                         WHERE $2 = '' OR EXISTS (SELECT 1 FROM subscriber_lists l WHERE l.subscriber_id = s.id AND l.list = $2)"
+                    ),
+                    vec![id.into(), list.into()],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok((
+            Campaign {
+                id,
+                issue: issue.to_string(),
+                audience: audience.key(),
+                created_at: now,
+                finished_at: None,
+                possible_duplicates: 0,
+                paused_reason: None,
+            },
+            true,
+        ))
     }
 
     /// The campaign a send would continue, or `None` when it would start a
@@ -375,17 +355,9 @@ impl Journal {
         audience: &Audience,
         resend: bool,
     ) -> Result<Option<Campaign>, StoreError> {
-        let db = &store.backend();
         let latest = campaigns(store, issue).await?.into_iter().next();
-        let live_workers: i64 = match &latest {
-            Some(c) => on_db!(db, pool => sqlx::query_scalar(
-                "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
-            )
-            .bind(c.id)
-            .bind(now_ms() - WORKER_STALE.as_millis() as i64)
-            .fetch_one(pool)
-            .await)
-            .map_err(|e| db.error("read the send journal", e))?,
+        let live_workers = match &latest {
+            Some(c) => count(store, LIVE_WORKERS, live_workers_args(c.id, now_ms())).await?,
             None => 0,
         };
         continued(issue, audience, resend, latest, live_workers)
@@ -395,18 +367,10 @@ impl Journal {
     /// runner holds it, then turns rows a dead run left `sending` back to
     /// pending and counts them as possible duplicates.
     pub async fn attach(store: &Store, campaign: Campaign) -> Result<(Journal, u64), StoreError> {
-        let db = &store.backend();
+        let driver = store.driver.as_ref();
         let runner = this_process();
         let now = now_ms();
-        let err = |e| db.error("claim the campaign", e);
-        let live_workers: i64 = on_db!(db, pool => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL",
-        )
-        .bind(campaign.id)
-        .bind(now - WORKER_STALE.as_millis() as i64)
-        .fetch_one(pool)
-        .await)
-        .map_err(err)?;
+        let live_workers = count(store, LIVE_WORKERS, live_workers_args(campaign.id, now)).await?;
         if live_workers > 0 {
             return Err(StoreError::Conflict(format!(
                 "{} is being sent by {live_workers} worker{} (--worker-id): join them with --worker-id, or wait for them to finish",
@@ -414,13 +378,15 @@ impl Journal {
                 if live_workers == 1 { "" } else { "s" }
             )));
         }
-        let holder: Option<(Option<String>, Option<i64>)> = on_db!(db, pool => sqlx::query_as(
-            "SELECT runner, runner_until FROM campaigns WHERE id = $1",
-        )
-        .bind(campaign.id)
-        .fetch_optional(pool)
-        .await)
-        .map_err(err)?;
+        let holder = driver
+            .query(
+                "SELECT runner, runner_until FROM campaigns WHERE id = $1",
+                vec![campaign.id.into()],
+            )
+            .await?
+            .into_iter()
+            .next()
+            .map(|mut r| (r.opt_text(0), r.opt_int(1)));
         if let Some((Some(other), Some(until))) = holder
             && other != runner
             && until > now
@@ -432,58 +398,42 @@ impl Journal {
                 format_time(until)
             )));
         }
-        let recovered = on_db!(db, pool => {
-            let mut tx = pool.begin().await.map_err(err)?;
-            sqlx::query("UPDATE campaigns SET runner = $1, runner_until = $2, paused_reason = NULL WHERE id = $3")
-                .bind(&runner)
-                .bind(now + RUNNER_LEASE.as_millis() as i64)
-                .bind(campaign.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            // Only rows on the wire may have reached the server; the rest
-            // were claimed but never started.
-            let n = sqlx::query(
+        let mut tx = Tx::begin(driver, true).await?;
+        tx.exec(
+            "UPDATE campaigns SET runner = $1, runner_until = $2, paused_reason = NULL WHERE id = $3",
+            vec![
+                runner.clone().into(),
+                (now + RUNNER_LEASE.as_millis() as i64).into(),
+                campaign.id.into(),
+            ],
+        )
+        .await?;
+        // Only rows on the wire may have reached the server; the rest were
+        // claimed but never started.
+        let recovered = tx
+            .exec(
                 "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL, on_wire = 0
                  WHERE campaign_id = $1 AND status = 'sending' AND on_wire = 1",
+                vec![campaign.id.into()],
             )
-            .bind(campaign.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?
-            .rows_affected();
-            sqlx::query(
-                "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL
-                 WHERE campaign_id = $1 AND status = 'sending'",
+            .await?;
+        tx.exec(
+            "UPDATE deliveries SET status = 'pending', worker = NULL, lease_until = NULL
+             WHERE campaign_id = $1 AND status = 'sending'",
+            vec![campaign.id.into()],
+        )
+        .await?;
+        if recovered > 0 {
+            tx.exec(
+                "UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2",
+                vec![(recovered as i64).into(), campaign.id.into()],
             )
-            .bind(campaign.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-            if n > 0 {
-                sqlx::query("UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2")
-                    .bind(n as i64)
-                    .bind(campaign.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)?;
-            n
-        });
+            .await?;
+        }
+        tx.commit().await?;
         let mut campaign = campaign;
         campaign.possible_duplicates += recovered as i64;
-        Ok((
-            Journal {
-                store: store.clone(),
-                db: db.clone(),
-                campaign,
-                runner,
-                worker: None,
-                recorder: Recorder::default(),
-            },
-            recovered,
-        ))
+        Ok((Journal::new(store, campaign, runner, None), recovered))
     }
 
     /// Joins the campaign as one of several workers sharing a PostgreSQL
@@ -495,28 +445,28 @@ impl Journal {
         campaign: Campaign,
         worker: &str,
     ) -> Result<(Journal, u64), StoreError> {
-        let db = &store.backend();
-        let Db::Postgres(pool) = db else {
+        let driver = store.driver.as_ref();
+        if !driver.shared_sends() {
             return Err(StoreError::Conflict(
                 "--worker-id needs PostgreSQL: several senders coordinate through it. SQLite is for one machine; set database = \"postgres://…\" (or TIDINGS_DATABASE_URL)".into(),
             ));
-        };
+        }
         let process = this_process();
         let now = now_ms();
-        let err = |e| db.error("join the campaign", e);
-        let mut tx = pool.begin().await.map_err(err)?;
+        let mut tx = Tx::begin(driver, true).await?;
         // One joiner at a time per campaign: the checks below stay true.
-        sqlx::query("SELECT id FROM campaigns WHERE id = $1 FOR UPDATE")
-            .bind(campaign.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        let holder: Option<(Option<String>, Option<i64>)> =
-            sqlx::query_as("SELECT runner, runner_until FROM campaigns WHERE id = $1")
-                .bind(campaign.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err)?;
+        tx.exec(
+            "SELECT id FROM campaigns WHERE id = $1 FOR UPDATE",
+            vec![campaign.id.into()],
+        )
+        .await?;
+        let holder = tx
+            .one(
+                "SELECT runner, runner_until FROM campaigns WHERE id = $1",
+                vec![campaign.id.into()],
+            )
+            .await?
+            .map(|mut r| (r.opt_text(0), r.opt_int(1)));
         if let Some((Some(other), Some(until))) = holder
             && until > now
             && !runner_is_dead(&other)
@@ -526,14 +476,13 @@ impl Journal {
                 campaign.issue
             )));
         }
-        let same: Option<(String, i64)> = sqlx::query_as(
-            "SELECT process, heartbeat_at FROM campaign_workers WHERE campaign_id = $1 AND worker = $2",
-        )
-        .bind(campaign.id)
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err)?;
+        let same = tx
+            .one(
+                "SELECT process, heartbeat_at FROM campaign_workers WHERE campaign_id = $1 AND worker = $2",
+                vec![campaign.id.into(), worker.into()],
+            )
+            .await?
+            .map(|mut r| (r.text(0), r.int(1)));
         if let Some((other, beat)) = same
             && other != process
             && beat > now - WORKER_STALE.as_millis() as i64
@@ -544,29 +493,21 @@ impl Journal {
                 campaign.issue
             )));
         }
-        sqlx::query(
+        tx.exec(
             "INSERT INTO campaign_workers (campaign_id, worker, process, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, $4)
              ON CONFLICT (campaign_id, worker) DO UPDATE SET process = $3, started_at = $4, heartbeat_at = $4, exited_at = NULL, exit_reason = NULL",
+            vec![campaign.id.into(), worker.into(), process.into(), now.into()],
         )
-        .bind(campaign.id)
-        .bind(worker)
-        .bind(&process)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        let journal = Journal {
-            store: store.clone(),
-            db: db.clone(),
+        .await?;
+        tx.commit().await?;
+        let mut journal = Journal::new(
+            store,
             campaign,
-            runner: worker.to_string(),
-            worker: Some(worker.to_string()),
-            recorder: Recorder::default(),
-        };
+            worker.to_string(),
+            Some(worker.to_string()),
+        );
         let recovered = journal.reclaim(true).await?;
-        let mut journal = journal;
         journal.campaign.possible_duplicates += recovered as i64;
         Ok((journal, recovered))
     }
@@ -575,46 +516,44 @@ impl Journal {
     /// an earlier run of this worker id when `own`), counting them as
     /// possible duplicates.
     async fn reclaim(&self, own: bool) -> Result<u64, StoreError> {
-        let Db::Postgres(pool) = &self.db else {
+        if !self.driver().shared_sends() {
             return Ok(0);
-        };
-        let err = |e| self.db.error("reclaim recipients of a stopped worker", e);
+        }
         let stale = now_ms() - WORKER_STALE.as_millis() as i64;
-        let mut tx = pool.begin().await.map_err(err)?;
+        let mut tx = Tx::begin(self.driver(), true).await?;
         // Rows on the wire first (counted: they may have reached the
         // server), then the ones claimed but never started.
         let mut n = 0;
         for which in ["on_wire = 1", "on_wire = 0"] {
             // Built only from the two constant conditions above.
-            let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL, on_wire = 0
-                 WHERE campaign_id = $1 AND status = 'sending' AND {which}
-                   AND ((worker = $2 AND $3)
-                        OR worker IN (SELECT worker FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at < $4 AND worker <> $2))",
-            )))
-            .bind(self.campaign.id)
-            .bind(&self.runner)
-            .bind(own)
-            .bind(stale)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?
-            .rows_affected();
+            let moved = tx
+                .exec(
+                    &format!(
+                        "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL, on_wire = 0
+                         WHERE campaign_id = $1 AND status = 'sending' AND {which}
+                           AND ((worker = $2 AND $3 = 1)
+                                OR worker IN (SELECT worker FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at < $4 AND worker <> $2))",
+                    ),
+                    vec![
+                        self.campaign.id.into(),
+                        self.runner.clone().into(),
+                        i64::from(own).into(),
+                        stale.into(),
+                    ],
+                )
+                .await?;
             if which == "on_wire = 1" {
                 n = moved;
             }
         }
         if n > 0 {
-            sqlx::query(
+            tx.exec(
                 "UPDATE campaigns SET possible_duplicates = possible_duplicates + $1 WHERE id = $2",
+                vec![(n as i64).into(), self.campaign.id.into()],
             )
-            .bind(n as i64)
-            .bind(self.campaign.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+            .await?;
         }
-        tx.commit().await.map_err(err)?;
+        tx.commit().await?;
         Ok(n)
     }
 
@@ -623,21 +562,23 @@ impl Journal {
     /// long from now the first one is. Workers pace themselves by these, so
     /// the campaign's total rate is the configured one.
     pub async fn reserve_slots(&self, k: u32, interval: Duration) -> Result<Duration, StoreError> {
-        let Db::Postgres(pool) = &self.db else {
+        if !self.driver().shared_sends() {
             return Ok(Duration::ZERO);
-        };
+        }
         let span = (interval.as_micros() as i64) * i64::from(k);
-        let (start, now): (i64, i64) = sqlx::query_as(
-            "WITH now AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT AS us)
-             UPDATE campaigns SET next_slot_us = GREATEST(next_slot_us, (SELECT us FROM now)) + $2
-             WHERE id = $1
-             RETURNING next_slot_us - $2, (SELECT us FROM now)",
-        )
-        .bind(self.campaign.id)
-        .bind(span)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| self.db.error("reserve send slots", e))?;
+        let row = self
+            .driver()
+            .query(
+                "WITH now AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT AS us)
+                 UPDATE campaigns SET next_slot_us = GREATEST(next_slot_us, (SELECT us FROM now)) + $2
+                 WHERE id = $1
+                 RETURNING next_slot_us - $2, (SELECT us FROM now)",
+                vec![self.campaign.id.into(), span.into()],
+            )
+            .await?
+            .into_iter()
+            .next();
+        let (start, now) = row.map_or((0, 0), |r| (r.int(0), r.int(1)));
         Ok(Duration::from_micros((start - now).max(0) as u64))
     }
 
@@ -649,25 +590,25 @@ impl Journal {
     /// also takes back what dead workers left in flight.
     pub async fn renew(&self) -> Result<(), StoreError> {
         if let Some(worker) = &self.worker {
-            on_db!(&self.db, pool => sqlx::query("UPDATE campaign_workers SET heartbeat_at = $1 WHERE campaign_id = $2 AND worker = $3")
-                .bind(now_ms())
-                .bind(self.campaign.id)
-                .bind(worker)
-                .execute(pool)
-                .await
-                .map(|_| ()))
-            .map_err(|e| self.db.error("send the worker heartbeat", e))?;
+            self.driver()
+                .run(
+                    "UPDATE campaign_workers SET heartbeat_at = $1 WHERE campaign_id = $2 AND worker = $3",
+                    vec![now_ms().into(), self.campaign.id.into(), worker.clone().into()],
+                )
+                .await?;
             self.reclaim(false).await?;
             return Ok(());
         }
-        on_db!(&self.db, pool => sqlx::query("UPDATE campaigns SET runner_until = $1 WHERE id = $2 AND runner = $3")
-            .bind(now_ms() + RUNNER_LEASE.as_millis() as i64)
-            .bind(self.campaign.id)
-            .bind(&self.runner)
-            .execute(pool)
-            .await
-            .map(|_| ()))
-        .map_err(|e| self.db.error("renew the campaign claim", e))?;
+        self.driver()
+            .run(
+                "UPDATE campaigns SET runner_until = $1 WHERE id = $2 AND runner = $3",
+                vec![
+                    (now_ms() + RUNNER_LEASE.as_millis() as i64).into(),
+                    self.campaign.id.into(),
+                    self.runner.clone().into(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -679,63 +620,60 @@ impl Journal {
     pub async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         let now = now_ms();
         let id = self.campaign.id;
-        let err = |e| self.db.error("claim recipients", e);
         // Several senders on one PostgreSQL never claim the same row (SKIP
         // LOCKED). The candidates go through ARRAY(…), evaluated once: as
         // `IN (SELECT … LIMIT n)` PostgreSQL may rescan the subquery for
         // each row, and rows this statement already updated are skipped on
         // the rescan, so one claim took the whole campaign.
-        let within = |select: &str| match self.db {
-            Db::Sqlite(_) => format!("email_key IN ({select})"),
-            Db::Postgres(_) => format!("email_key = ANY(ARRAY({select} FOR UPDATE SKIP LOCKED))"),
+        let shared = self.driver().shared_sends();
+        let within = |select: &str| match shared {
+            false => format!("email_key IN ({select})"),
+            true => format!("email_key = ANY(ARRAY({select} FOR UPDATE SKIP LOCKED))"),
         };
         let candidates = [
             "SELECT email_key FROM deliveries WHERE campaign_id = $1 AND status = 'deferred' AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3",
             "SELECT email_key FROM deliveries WHERE campaign_id = $1 AND status = 'pending' AND $2 >= 0 ORDER BY seq LIMIT $3",
         ];
+        let blocked = rule::blocked_reason(Who::Address {
+            key: "deliveries.email_key",
+            hash: "deliveries.email_hash",
+        });
         let mut jobs = Vec::new();
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(err)?;
-            let blocked = rule::blocked_reason(Who::Address {
-                key: "deliveries.email_key",
-                hash: "deliveries.email_hash",
-            });
-            for select in candidates {
-                let want = n - jobs.len();
-                if want == 0 {
-                    break;
-                }
-                // Built only from the constant fragments above.
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+        let mut tx = Tx::begin(self.driver(), true).await?;
+        for select in candidates {
+            let want = n - jobs.len();
+            if want == 0 {
+                break;
+            }
+            // Built only from the constant fragments above.
+            tx.exec(
+                &format!(
                     "UPDATE deliveries SET status = 'skipped', last_error = {blocked}
                      WHERE campaign_id = $1 AND {} AND {blocked} IS NOT NULL",
                     within(select)
-                )))
-                .bind(id)
-                .bind(now)
-                .bind(want as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE deliveries SET status = 'sending', worker = $4, on_wire = 0
-                     WHERE campaign_id = $1 AND {}
-                     RETURNING seq, email_key, email, first_name, last_name, attributes, attempts",
-                    within(select)
-                )))
-                .bind(id)
-                .bind(now)
-                .bind(want as i64)
-                .bind(&self.runner)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-                for row in &rows {
-                    jobs.push(job_from_row(row).map_err(err)?);
-                }
-            }
-            tx.commit().await.map_err(err)?;
-        });
+                ),
+                vec![id.into(), now.into(), (want as i64).into()],
+            )
+            .await?;
+            let rows = tx
+                .fetch(
+                    &format!(
+                        "UPDATE deliveries SET status = 'sending', worker = $4, on_wire = 0
+                         WHERE campaign_id = $1 AND {}
+                         RETURNING seq, email_key, email, first_name, last_name, attributes, attempts",
+                        within(select)
+                    ),
+                    vec![
+                        id.into(),
+                        now.into(),
+                        (want as i64).into(),
+                        self.runner.clone().into(),
+                    ],
+                )
+                .await?;
+            jobs.extend(rows.into_iter().map(job_from_row));
+        }
+        tx.commit().await?;
         jobs.sort_by_key(|j| j.seq);
         Ok(jobs)
     }
@@ -745,23 +683,16 @@ impl Journal {
         if keys.is_empty() {
             return Ok(());
         }
-        let err = |e| self.db.error("release recipients", e);
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(err)?;
-            for k in keys {
-                sqlx::query(
-                    "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL, on_wire = 0
-                     WHERE campaign_id = $1 AND email_key = $2 AND status = 'sending'",
-                )
-                .bind(self.campaign.id)
-                .bind(k)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)?;
-        });
-        Ok(())
+        let mut tx = Tx::begin(self.driver(), true).await?;
+        for k in keys {
+            tx.exec(
+                "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, worker = NULL, on_wire = 0
+                 WHERE campaign_id = $1 AND email_key = $2 AND status = 'sending'",
+                vec![self.campaign.id.into(), k.clone().into()],
+            )
+            .await?;
+        }
+        tx.commit().await
     }
 
     /// Records, in one transaction, the claimed rows whose messages are
@@ -772,9 +703,6 @@ impl Journal {
         if on_wire.is_empty() && outcomes.is_empty() {
             return Ok(());
         }
-        let id = self.campaign.id;
-        let now = now_ms();
-        let err = |e| self.db.error("record sends", e);
         // Rows going on the wire and rows sent, the common case, in one
         // statement per chunk (one round trip, and on its own one commit):
         // (key, sent, attempts, message id). A row whose outcome is here
@@ -796,23 +724,39 @@ impl Journal {
                 o => others.push(o),
             }
         }
+        let mut kept = self.recorder.lock().await;
+        let result = self.record_on(&mut kept, &rows, &others).await;
+        if result.is_err() {
+            // The next group starts on a fresh connection.
+            kept.drop_connection();
+        }
+        result
+    }
+
+    async fn record_on(
+        &self,
+        kept: &mut Kept,
+        rows: &[(&str, i64, i64, Option<&str>)],
+        others: &[&Outcome],
+    ) -> Result<(), StoreError> {
         const CHUNK: usize = 500;
-        let batch_sql = |n: usize| {
-            let values = (0..n)
-                .map(|i| {
-                    format!(
-                        "(${}, ${}, ${}, ${})",
-                        4 * i + 3,
-                        4 * i + 4,
-                        4 * i + 5,
-                        4 * i + 6
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+        let id = self.campaign.id;
+        let now = now_ms();
+        let batch = |chunk: &[(&str, i64, i64, Option<&str>)]| {
+            let mut values = String::new();
+            let mut args = vec![Val::from(id), Val::from(now)];
+            for (i, (key, sent, attempts, message_id)) in chunk.iter().enumerate() {
+                super::push_tuple(&mut values, i, 4, 2);
+                args.extend([
+                    Val::from(*key),
+                    Val::from(*sent),
+                    Val::from(*attempts),
+                    Val::from(message_id.map(str::to_string)),
+                ]);
+            }
             // Only numbered placeholders are interpolated. VALUES columns
             // are column1… in both databases.
-            format!(
+            let sql = format!(
                 "UPDATE deliveries SET
                      on_wire = 1 - v.column2,
                      status = CASE WHEN v.column2 = 1 THEN 'sent' ELSE deliveries.status END,
@@ -824,63 +768,26 @@ impl Journal {
                  FROM (VALUES {values}) AS v
                  WHERE deliveries.campaign_id = $1 AND deliveries.email_key = v.column1
                    AND (v.column2 = 1 OR deliveries.status = 'sending')"
-            )
+            );
+            (sql, args)
         };
-        macro_rules! batch {
-            ($chunk:expr) => {{
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(batch_sql($chunk.len())))
-                    .bind(id)
-                    .bind(now);
-                for (key, sent, attempts, message_id) in $chunk {
-                    q = q.bind(*key).bind(*sent).bind(*attempts).bind(*message_id);
-                }
-                q
-            }};
+        if others.is_empty() && !rows.is_empty() && rows.len() <= CHUNK {
+            let (sql, args) = batch(rows);
+            self.driver().run_kept(kept, &sql, args).await?;
+            return Ok(());
         }
-        // On a connection of its own, kept: no pool round trip per commit.
-        macro_rules! record_on {
-            ($conn:ident, $wrap:path) => {{
-                if others.is_empty() && !rows.is_empty() && rows.len() <= CHUNK {
-                    batch!(&rows).execute(&mut **$conn).await.map_err(err)?;
-                    return Ok(());
-                }
-                let mut tx = sqlx::Connection::begin(&mut **$conn).await.map_err(err)?;
-                for chunk in rows.chunks(CHUNK) {
-                    batch!(chunk).execute(&mut *tx).await.map_err(err)?;
-                }
-                // The rare outcomes go through the store's operations, in the
-                // same transaction.
-                let mut tx = Tx::over($wrap(tx), self.store.driver.as_ref());
-                for o in others {
-                    self.record_failure(&mut tx, o).await?;
-                }
-                tx.commit().await?;
-            }};
+        let conn = self.driver().begin_kept(kept).await?;
+        let mut tx = Tx::over(conn, self.driver());
+        for chunk in rows.chunks(CHUNK) {
+            let (sql, args) = batch(chunk);
+            tx.exec(&sql, args).await?;
         }
-        // The connection is kept between groups; dropped after an error, so
-        // the next group starts on a fresh one.
-        macro_rules! on_held {
-            ($pool:ident, $held:expr, $wrap:path) => {{
-                let mut held = $held.lock().await;
-                if held.is_none() {
-                    *held = Some($pool.acquire().await.map_err(err)?);
-                }
-                let conn = held.as_mut().expect("just set");
-                let result: Result<(), StoreError> = async {
-                    record_on!(conn, $wrap);
-                    Ok(())
-                }
-                .await;
-                if result.is_err() {
-                    *held = None;
-                }
-                result
-            }};
+        // The rare outcomes go through the store's operations, in the same
+        // transaction.
+        for o in others {
+            self.record_failure(&mut tx, o).await?;
         }
-        match &self.db {
-            Db::Sqlite(pool) => on_held!(pool, self.recorder.sqlite, super::sqlite::wrap),
-            Db::Postgres(pool) => on_held!(pool, self.recorder.postgres, super::postgres::wrap),
-        }
+        tx.commit().await
     }
 
     /// Records a deferral or a failure; a rejected address is bounced by
@@ -957,30 +864,26 @@ impl Journal {
     /// also waits for rows other workers have in flight: they are sent, or
     /// come back when that worker's heartbeat goes stale.
     pub async fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
-        let err = |e| self.db.error("read the send journal", e);
         if self.worker.is_some() {
             self.reclaim(false).await?;
         }
-        let due: Option<i64> = on_db!(&self.db, pool => sqlx::query_scalar(
+        let due = first_int(
+            &self.store,
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = $1 AND status IN ('pending', 'deferred')",
+            vec![self.campaign.id.into()],
         )
-        .bind(self.campaign.id)
-        .fetch_one(pool)
-        .await)
-        .map_err(err)?;
+        .await?;
         if self.worker.is_none() {
             return Ok(due);
         }
-        let others: Option<i64> = on_db!(&self.db, pool => sqlx::query_scalar(
+        let others = first_int(
+            &self.store,
             "SELECT MIN(w.heartbeat_at) FROM deliveries d
              JOIN campaign_workers w ON w.campaign_id = d.campaign_id AND w.worker = d.worker
              WHERE d.campaign_id = $1 AND d.status = 'sending' AND d.worker <> $2",
+            vec![self.campaign.id.into(), self.runner.clone().into()],
         )
-        .bind(self.campaign.id)
-        .bind(&self.runner)
-        .fetch_one(pool)
-        .await)
-        .map_err(err)?;
+        .await?;
         let stale_at = others.map(|beat| beat + WORKER_STALE.as_millis() as i64 + 500);
         Ok(match (due, stale_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -999,19 +902,19 @@ impl Journal {
         paused_reason: Option<&str>,
         finished: bool,
     ) -> Result<(), StoreError> {
-        on_db!(&self.db, pool => sqlx::query(
-            "UPDATE campaigns SET runner = NULL, runner_until = NULL, paused_reason = $1,
-                 finished_at = CASE WHEN $2 THEN $3 ELSE NULL END
-             WHERE id = $4",
-        )
-        .bind(paused_reason)
-        .bind(finished)
-        .bind(now_ms())
-        .bind(self.campaign.id)
-        .execute(pool)
-        .await
-        .map(|_| ()))
-        .map_err(|e| self.db.error("close the campaign", e))?;
+        self.driver()
+            .run(
+                "UPDATE campaigns SET runner = NULL, runner_until = NULL, paused_reason = $1,
+                     finished_at = CASE WHEN $2 = 1 THEN $3 ELSE NULL END
+                 WHERE id = $4",
+                vec![
+                    paused_reason.map(str::to_string).into(),
+                    i64::from(finished).into(),
+                    now_ms().into(),
+                    self.campaign.id.into(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -1021,37 +924,61 @@ impl Journal {
         let Some(worker) = &self.worker else {
             return Ok(());
         };
-        on_db!(&self.db, pool => sqlx::query(
-            "UPDATE campaign_workers SET exited_at = $1, exit_reason = $2 WHERE campaign_id = $3 AND worker = $4",
-        )
-        .bind(now_ms())
-        .bind(reason)
-        .bind(self.campaign.id)
-        .bind(worker)
-        .execute(pool)
-        .await
-        .map(|_| ()))
-        .map_err(|e| self.db.error("record the worker's exit", e))?;
+        self.driver()
+            .run(
+                "UPDATE campaign_workers SET exited_at = $1, exit_reason = $2 WHERE campaign_id = $3 AND worker = $4",
+                vec![
+                    now_ms().into(),
+                    reason.into(),
+                    self.campaign.id.into(),
+                    worker.clone().into(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 }
 
+/// Live workers of a campaign ($1: campaign, $2: stale before).
+const LIVE_WORKERS: &str = "SELECT COUNT(*) FROM campaign_workers WHERE campaign_id = $1 AND heartbeat_at > $2 AND exited_at IS NULL";
+
+fn live_workers_args(campaign: i64, now: i64) -> Vec<Val> {
+    vec![
+        campaign.into(),
+        (now - WORKER_STALE.as_millis() as i64).into(),
+    ]
+}
+
+/// The first column of the first row as a number (a count), 0 if none.
+async fn count(store: &Store, sql: &str, args: Vec<Val>) -> Result<i64, StoreError> {
+    Ok(first_int(store, sql, args).await?.unwrap_or(0))
+}
+
+/// The first column of the first row, if it is there and not NULL.
+async fn first_int(store: &Store, sql: &str, args: Vec<Val>) -> Result<Option<i64>, StoreError> {
+    Ok(store
+        .driver
+        .query(sql, args)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|r| r.opt_int(0)))
+}
+
 /// Counts of a campaign's rows by status (and reasons).
 pub async fn counts(store: &Store, campaign: i64) -> Result<Counts, StoreError> {
-    let db = &store.backend();
-    let err = |e| db.error("read the send journal", e);
-    let rows: Vec<(String, Option<String>, i64, i64)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT status, CASE WHEN status IN ('skipped', 'failed') THEN last_error ELSE NULL END, COUNT(*),
-                COALESCE(SUM(on_wire), 0)
-         FROM deliveries WHERE campaign_id = $1 GROUP BY 1, 2",
-    )
-    .bind(campaign)
-    .fetch_all(pool)
-    .await)
-    .map_err(err)?;
+    let rows = store
+        .driver
+        .query(
+            "SELECT status, CASE WHEN status IN ('skipped', 'failed') THEN last_error ELSE NULL END, COUNT(*),
+                    CAST(COALESCE(SUM(on_wire), 0) AS BIGINT)
+             FROM deliveries WHERE campaign_id = $1 GROUP BY 1, 2",
+            vec![campaign.into()],
+        )
+        .await?;
     let mut c = Counts::default();
-    for (status, reason, n, on_wire) in rows {
-        let n = n as u64;
+    for mut r in rows {
+        let (status, reason, n, on_wire) = (r.text(0), r.opt_text(1), r.int(2) as u64, r.int(3));
         c.total += n;
         match status.as_str() {
             "pending" => c.pending += n,
@@ -1097,43 +1024,41 @@ pub struct WorkerStats {
 
 /// Per-worker counts for a campaign sent with --worker-id.
 pub async fn worker_stats(store: &Store, campaign: i64) -> Result<Vec<WorkerStats>, StoreError> {
-    let db = &store.backend();
-    let err = |e| db.error("read the send journal", e);
-    let workers: Vec<(String, i64, Option<i64>, Option<String>)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT worker, heartbeat_at, exited_at, exit_reason FROM campaign_workers WHERE campaign_id = $1 ORDER BY worker",
-    )
-    .bind(campaign)
-    .fetch_all(pool)
-    .await)
-    .map_err(err)?;
-    // worker, status, count, first and last send time
-    type Group = (String, String, i64, Option<i64>, Option<i64>, i64);
-    let rows: Vec<Group> = on_db!(db, pool => sqlx::query_as(
-        "SELECT worker, status, COUNT(*), MIN(sent_at), MAX(sent_at), COALESCE(SUM(on_wire), 0) FROM deliveries
-         WHERE campaign_id = $1 AND worker IS NOT NULL GROUP BY worker, status",
-    )
-    .bind(campaign)
-    .fetch_all(pool)
-    .await)
-    .map_err(err)?;
+    let workers = store
+        .driver
+        .query(
+            "SELECT worker, heartbeat_at, exited_at, exit_reason FROM campaign_workers WHERE campaign_id = $1 ORDER BY worker",
+            vec![campaign.into()],
+        )
+        .await?;
+    // worker, status, count, first and last send time, on the wire
+    let rows = store
+        .driver
+        .query(
+            "SELECT worker, status, COUNT(*), MIN(sent_at), MAX(sent_at), CAST(COALESCE(SUM(on_wire), 0) AS BIGINT) FROM deliveries
+             WHERE campaign_id = $1 AND worker IS NOT NULL GROUP BY worker, status",
+            vec![campaign.into()],
+        )
+        .await?;
     let mut out: Vec<WorkerStats> = workers
         .into_iter()
-        .map(|(worker, heartbeat_at, exited_at, reason)| WorkerStats {
-            worker,
-            heartbeat_at,
-            exited: exited_at.map(|t| (t, reason.unwrap_or_default())),
+        .map(|mut r| WorkerStats {
+            worker: r.text(0),
+            heartbeat_at: r.int(1),
+            exited: r.opt_int(2).map(|t| (t, r.text(3))),
             ..WorkerStats::default()
         })
         .collect();
-    for (worker, status, n, first, last, on_wire) in rows {
+    for mut r in rows {
+        let worker = r.text(0);
         let Some(w) = out.iter_mut().find(|w| w.worker == worker) else {
             continue;
         };
-        let n = n as u64;
-        match status.as_str() {
+        let n = r.int(2) as u64;
+        match r.text(1).as_str() {
             "sent" => {
                 w.sent += n;
-                if let (Some(a), Some(b)) = (first, last)
+                if let (Some(a), Some(b)) = (r.opt_int(3), r.opt_int(4))
                     && b > a
                 {
                     w.rate = (n.saturating_sub(1)) as f64 / ((b - a) as f64 / 1000.0);
@@ -1142,7 +1067,7 @@ pub async fn worker_stats(store: &Store, campaign: i64) -> Result<Vec<WorkerStat
             "failed" => w.failed += n,
             "sending" => {
                 w.in_flight += n;
-                w.on_wire += on_wire as u64;
+                w.on_wire += r.int(5) as u64;
             }
             _ => continue,
         }
@@ -1151,18 +1076,22 @@ pub async fn worker_stats(store: &Store, campaign: i64) -> Result<Vec<WorkerStat
     Ok(out)
 }
 
+/// The columns of a campaign, in [`campaign_from_row`] order.
+const CAMPAIGN: &str =
+    "id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason";
+
 /// All campaigns of an issue, newest first.
 pub async fn campaigns(store: &Store, issue: &str) -> Result<Vec<Campaign>, StoreError> {
-    let db = &store.backend();
-    on_db!(db, pool => sqlx::query(
-        "SELECT id, issue, audience, created_at, finished_at, possible_duplicates, paused_reason
-         FROM campaigns WHERE issue = $1 ORDER BY id DESC",
-    )
-    .bind(issue)
-    .fetch_all(pool)
-    .await
-    .and_then(|rows| rows.iter().map(campaign_from_row).collect()))
-    .map_err(|e| db.error("read the send journal", e))
+    Ok(store
+        .driver
+        .query(
+            &format!("SELECT {CAMPAIGN} FROM campaigns WHERE issue = $1 ORDER BY id DESC"),
+            vec![issue.into()],
+        )
+        .await?
+        .into_iter()
+        .map(campaign_from_row)
+        .collect())
 }
 
 /// One line of `--report`: what happened to one recipient.
@@ -1177,79 +1106,72 @@ pub struct ReportRow {
     pub message_id: String,
 }
 
-/// Writes one CSV line per recipient of the campaign, in send order.
+/// Writes one CSV line per recipient of the campaign, in send order, a
+/// page at a time (memory stays flat at any list size).
 pub async fn write_report(
     store: &Store,
     campaign: i64,
     out: &mut csv::Writer<std::fs::File>,
 ) -> Result<u64, StoreError> {
-    let db = &store.backend();
-    use futures_util::TryStreamExt;
-    let err = |e| db.error("read the send journal", e);
+    const PAGE: i64 = 1000;
     let mut n = 0;
-    on_db!(db, pool => {
-        let mut rows = sqlx::query(
-            "SELECT email, status, attempts, last_code, last_error, sent_at, message_id
-             FROM deliveries WHERE campaign_id = $1 ORDER BY seq",
-        )
-        .bind(campaign)
-        .fetch(pool);
-        while let Some(row) = rows.try_next().await.map_err(err)? {
-            let sent_at: Option<i64> = row.try_get("sent_at").map_err(err)?;
+    let mut after = i64::MIN;
+    loop {
+        let rows = store
+            .driver
+            .query(
+                "SELECT seq, email, status, attempts, last_code, last_error, sent_at, message_id
+                 FROM deliveries WHERE campaign_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                vec![campaign.into(), after.into(), PAGE.into()],
+            )
+            .await?;
+        let last_page = (rows.len() as i64) < PAGE;
+        for mut r in rows {
+            after = r.int(0);
             out.serialize(ReportRow {
-                email: row.try_get("email").map_err(err)?,
-                status: row.try_get("status").map_err(err)?,
-                attempts: row.try_get("attempts").map_err(err)?,
-                code: row.try_get("last_code").map_err(err)?,
-                detail: row.try_get::<Option<String>, _>("last_error").map_err(err)?.unwrap_or_default(),
-                sent_at: sent_at.map(format_time).unwrap_or_default(),
-                message_id: row.try_get::<Option<String>, _>("message_id").map_err(err)?.unwrap_or_default(),
+                email: r.text(1),
+                status: r.text(2),
+                attempts: r.int(3),
+                code: r.opt_int(4),
+                detail: r.opt_text(5).unwrap_or_default(),
+                sent_at: r.opt_int(6).map(format_time).unwrap_or_default(),
+                message_id: r.opt_text(7).unwrap_or_default(),
             })
             .map_err(|e| StoreError::Io(e.to_string()))?;
             n += 1;
         }
-    });
-    Ok(n)
+        if last_page {
+            return Ok(n);
+        }
+    }
 }
 
-fn campaign_from_row<R: Row>(row: &R) -> Result<Campaign, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
-{
-    Ok(Campaign {
-        id: row.try_get("id")?,
-        issue: row.try_get("issue")?,
-        audience: row.try_get("audience")?,
-        created_at: row.try_get("created_at")?,
-        finished_at: row.try_get("finished_at")?,
-        possible_duplicates: row.try_get("possible_duplicates")?,
-        paused_reason: row.try_get("paused_reason")?,
-    })
+fn campaign_from_row(mut r: Row) -> Campaign {
+    Campaign {
+        id: r.int(0),
+        issue: r.text(1),
+        audience: r.text(2),
+        created_at: r.int(3),
+        finished_at: r.opt_int(4),
+        possible_duplicates: r.int(5),
+        paused_reason: r.opt_text(6),
+    }
 }
 
-fn job_from_row<R: Row>(row: &R) -> Result<Job, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    let attributes: String = row.try_get("attributes")?;
+/// seq, email_key, email, first_name, last_name, attributes, attempts
+fn job_from_row(mut r: Row) -> Job {
     let recipient = Recipient {
-        email: row.try_get("email")?,
-        first_name: row.try_get("first_name")?,
-        last_name: row.try_get("last_name")?,
-        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+        email: r.text(2),
+        first_name: r.text(3),
+        last_name: r.text(4),
+        attributes: super::parse_attributes(&r.text(5)),
     };
-    Ok(Job {
-        key: row.try_get("email_key")?,
-        seq: row.try_get("seq")?,
+    Job {
+        key: r.text(1),
+        seq: r.int(0),
         recipient,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-    })
+        attempts: r.int(6) as u32,
+    }
 }
 
 fn describe_audience(key: &str) -> String {
@@ -1284,16 +1206,14 @@ pub async fn sent_issues(store: &Store) -> Result<Vec<SentIssue>, StoreError> {
          JOIN deliveries d ON d.campaign_id = c.id \
          WHERE d.status = 'sent' AND d.sent_at IS NOT NULL \
          GROUP BY c.issue ORDER BY MIN(d.sent_at) DESC, c.issue";
-    let db = &store.backend();
-    let err = |e| db.error("list the sent issues", e);
-    let rows: Vec<(String, i64)> = on_db!(db, pool => {
-        sqlx::query_as(SQL).fetch_all(pool).await.map_err(err)?
-    });
-    Ok(rows
+    Ok(store
+        .driver
+        .query(SQL, vec![])
+        .await?
         .into_iter()
-        .map(|(slug, first_sent_ms)| SentIssue {
-            slug,
-            first_sent_ms,
+        .map(|mut r| SentIssue {
+            slug: r.text(0),
+            first_sent_ms: r.int(1),
         })
         .collect())
 }

@@ -22,7 +22,6 @@
 //! so the API returns the same values whichever is used.
 
 mod bounces;
-mod db;
 mod import;
 pub mod journal;
 pub mod postgres;
@@ -89,12 +88,24 @@ pub enum StoreError {
     Io(String),
 }
 
-/// The pool of whichever database is configured, for code that writes its
-/// own SQL against the same database (the send journal).
-#[derive(Debug, Clone)]
-pub enum Backend {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
+/// A connection kept between transactions (see [`Driver::begin_kept`]).
+#[derive(Default)]
+pub struct Kept(KeptConn);
+
+#[derive(Default)]
+enum KeptConn {
+    #[default]
+    None,
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Kept {
+    /// Lets the connection go (after an error, the next transaction starts
+    /// on a fresh one).
+    pub fn drop_connection(&mut self) {
+        self.0 = KeptConn::None;
+    }
 }
 
 /// A bound value or a column value: the few types the schema uses.
@@ -152,6 +163,12 @@ impl Row {
             Val::Null | Val::NullInt => String::new(),
         }
     }
+    pub fn opt_int(&self, i: usize) -> Option<i64> {
+        match &self.0[i] {
+            Val::Null | Val::NullInt => None,
+            _ => Some(self.int(i)),
+        }
+    }
     pub fn opt_text(&mut self, i: usize) -> Option<String> {
         match &self.0[i] {
             Val::Null | Val::NullInt => None,
@@ -198,11 +215,27 @@ pub trait Conn: Send {
 pub trait Driver: Send + Sync {
     /// The database for messages (never with a password).
     fn name(&self) -> &str;
-    fn backend(&self) -> Backend;
     /// A transaction. `write` takes the database's write lock up front
     /// where it has one (SQLite), so a busy database is reported before any
     /// work and a long import cannot fail half-way on the lock.
     async fn begin(&self, write: bool) -> Result<Box<dyn Conn>, StoreError>;
+    /// Runs one statement on its own (autocommit); rows affected.
+    async fn run(&self, sql: &str, args: Vec<Val>) -> Result<u64, StoreError>;
+    /// Runs one query on its own.
+    async fn query(&self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, StoreError>;
+    /// A transaction on the connection the caller keeps in `kept` between
+    /// calls (opened when there is none): the journal's writer commits
+    /// often and skips the pool's round trip.
+    async fn begin_kept<'k>(&self, kept: &'k mut Kept) -> Result<Box<dyn Conn + 'k>, StoreError>;
+    /// One statement on its own (autocommit) on the kept connection.
+    async fn run_kept(&self, kept: &mut Kept, sql: &str, args: Vec<Val>)
+    -> Result<u64, StoreError>;
+    /// True when several processes may send one campaign together:
+    /// PostgreSQL's advisory locks, `FOR UPDATE SKIP LOCKED`, and its clock
+    /// for the shared send schedule.
+    fn shared_sends(&self) -> bool {
+        false
+    }
     /// Turns a database error into one a person can act on.
     fn error(&self, e: sqlx::Error) -> StoreError;
     /// True when a write transaction shuts out every other writer (SQLite),
@@ -443,15 +476,10 @@ impl Store {
         self.driver.name()
     }
 
-    /// The pool, for the journal's own queries (inside this module only).
-    pub(crate) fn backend(&self) -> Backend {
-        self.driver.backend()
-    }
-
     /// True when several processes can send one campaign together
     /// (PostgreSQL: row locks that skip what another worker holds).
     pub fn supports_workers(&self) -> bool {
-        matches!(self.backend(), Backend::Postgres(_))
+        self.driver.shared_sends()
     }
 
     /// True when the database answers a trivial query (`serve`'s health

@@ -11,7 +11,7 @@ use sqlx::{
     ValueRef,
 };
 
-use super::{Backend, Conn, Driver, Row, StoreError, Val, redact_url};
+use super::{Conn, Driver, Kept, KeptConn, Row, StoreError, Val, redact_url};
 
 /// How long to wait for the server before saying it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,12 +100,56 @@ impl Driver for PgDriver {
         &self.name
     }
 
-    fn backend(&self) -> Backend {
-        Backend::Postgres(self.pool.clone())
-    }
-
     async fn begin(&self, _write: bool) -> Result<Box<dyn Conn>, StoreError> {
         let tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        Ok(Box::new(PgTx(tx)))
+    }
+
+    async fn run(&self, sql: &str, args: Vec<Val>) -> Result<u64, StoreError> {
+        Ok(query(sql, args)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?
+            .rows_affected())
+    }
+
+    async fn query(&self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, StoreError> {
+        let rows = query(sql, args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        to_rows(&rows).map_err(|e| self.error(e))
+    }
+
+    async fn run_kept(
+        &self,
+        kept: &mut Kept,
+        sql: &str,
+        args: Vec<Val>,
+    ) -> Result<u64, StoreError> {
+        if !matches!(kept.0, KeptConn::Postgres(_)) {
+            kept.0 = KeptConn::Postgres(self.pool.acquire().await.map_err(|e| self.error(e))?);
+        }
+        let KeptConn::Postgres(conn) = &mut kept.0 else {
+            unreachable!("set above")
+        };
+        Ok(query(sql, args)
+            .execute(&mut **conn)
+            .await
+            .map_err(|e| self.error(e))?
+            .rows_affected())
+    }
+
+    async fn begin_kept<'k>(&self, kept: &'k mut Kept) -> Result<Box<dyn Conn + 'k>, StoreError> {
+        if !matches!(kept.0, KeptConn::Postgres(_)) {
+            kept.0 = KeptConn::Postgres(self.pool.acquire().await.map_err(|e| self.error(e))?);
+        }
+        let KeptConn::Postgres(conn) = &mut kept.0 else {
+            unreachable!("set above")
+        };
+        let tx = sqlx::Connection::begin(&mut **conn)
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(Box::new(PgTx(tx)))
     }
 
@@ -140,6 +184,10 @@ impl Driver for PgDriver {
         false
     }
 
+    fn shared_sends(&self) -> bool {
+        true
+    }
+
     fn attribute_keys_sql(&self) -> &'static str {
         "SELECT DISTINCT k FROM subscribers s, jsonb_object_keys(s.attributes::jsonb) AS k ORDER BY 1"
     }
@@ -160,12 +208,6 @@ impl Driver for PgDriver {
 
 struct PgTx<'c>(Transaction<'c, Postgres>);
 
-/// A transaction the journal began on its own connection, as a [`Conn`],
-/// so the store's operations can run inside it.
-pub(crate) fn wrap<'c>(tx: Transaction<'c, Postgres>) -> Box<dyn Conn + 'c> {
-    Box::new(PgTx(tx))
-}
-
 fn query(
     sql: &str,
     args: Vec<Val>,
@@ -182,6 +224,31 @@ fn query(
     q
 }
 
+/// Rows as [`Val`]s.
+fn to_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Row>, sqlx::Error> {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    let raw = r.try_get_raw(i)?;
+                    if raw.is_null() {
+                        return Ok(Val::Null);
+                    }
+                    let kind = raw.type_info().name().to_string();
+                    Ok(match kind.as_str() {
+                        "INT8" => Val::Int(r.try_get::<i64, _>(i)?),
+                        "INT4" => Val::Int(r.try_get::<i32, _>(i)?.into()),
+                        "INT2" => Val::Int(r.try_get::<i16, _>(i)?.into()),
+                        "BOOL" => Val::Int(r.try_get::<bool, _>(i)?.into()),
+                        _ => Val::Text(r.try_get_unchecked::<String, _>(i)?),
+                    })
+                })
+                .collect::<Result<Vec<Val>, sqlx::Error>>()
+                .map(Row)
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl<'c> Conn for PgTx<'c> {
     async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, sqlx::Error> {
@@ -192,28 +259,7 @@ impl<'c> Conn for PgTx<'c> {
     }
 
     async fn fetch(&mut self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, sqlx::Error> {
-        let rows = query(sql, args).fetch_all(&mut *self.0).await?;
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| {
-                        let raw = r.try_get_raw(i)?;
-                        if raw.is_null() {
-                            return Ok(Val::Null);
-                        }
-                        let kind = raw.type_info().name().to_string();
-                        Ok(match kind.as_str() {
-                            "INT8" => Val::Int(r.try_get::<i64, _>(i)?),
-                            "INT4" => Val::Int(r.try_get::<i32, _>(i)?.into()),
-                            "INT2" => Val::Int(r.try_get::<i16, _>(i)?.into()),
-                            "BOOL" => Val::Int(r.try_get::<bool, _>(i)?.into()),
-                            _ => Val::Text(r.try_get_unchecked::<String, _>(i)?),
-                        })
-                    })
-                    .collect::<Result<Vec<Val>, sqlx::Error>>()
-                    .map(Row)
-            })
-            .collect()
+        to_rows(&query(sql, args).fetch_all(&mut *self.0).await?)
     }
 
     /// One statement per call, one array parameter per column

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqlitePool, Transaction, TypeInfo, V
 
 use libsqlite3_sys as ffi;
 
-use super::{Backend, Conn, Driver, Row, StoreError, Val};
+use super::{Conn, Driver, Kept, KeptConn, Row, StoreError, Val};
 
 /// How long a statement waits for another process's write to finish.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,10 +114,6 @@ impl Driver for SqliteDriver {
         &self.name
     }
 
-    fn backend(&self) -> Backend {
-        Backend::Sqlite(self.pool.clone())
-    }
-
     async fn begin(&self, write: bool) -> Result<Box<dyn Conn>, StoreError> {
         // IMMEDIATE takes the write lock now: waiting (busy timeout) or
         // failing happens here, not after half the work.
@@ -127,6 +123,54 @@ impl Driver for SqliteDriver {
             self.pool.begin().await
         };
         Ok(Box::new(SqliteTx(tx.map_err(|e| self.error(e))?)))
+    }
+
+    async fn run(&self, sql: &str, args: Vec<Val>) -> Result<u64, StoreError> {
+        Ok(query(sql, args)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?
+            .rows_affected())
+    }
+
+    async fn query(&self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, StoreError> {
+        let rows = query(sql, args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        to_rows(&rows).map_err(|e| self.error(e))
+    }
+
+    async fn run_kept(
+        &self,
+        kept: &mut Kept,
+        sql: &str,
+        args: Vec<Val>,
+    ) -> Result<u64, StoreError> {
+        if !matches!(kept.0, KeptConn::Sqlite(_)) {
+            kept.0 = KeptConn::Sqlite(self.pool.acquire().await.map_err(|e| self.error(e))?);
+        }
+        let KeptConn::Sqlite(conn) = &mut kept.0 else {
+            unreachable!("set above")
+        };
+        Ok(query(sql, args)
+            .execute(&mut **conn)
+            .await
+            .map_err(|e| self.error(e))?
+            .rows_affected())
+    }
+
+    async fn begin_kept<'k>(&self, kept: &'k mut Kept) -> Result<Box<dyn Conn + 'k>, StoreError> {
+        if !matches!(kept.0, KeptConn::Sqlite(_)) {
+            kept.0 = KeptConn::Sqlite(self.pool.acquire().await.map_err(|e| self.error(e))?);
+        }
+        let KeptConn::Sqlite(conn) = &mut kept.0 else {
+            unreachable!("set above")
+        };
+        let tx = sqlx::Connection::begin(&mut **conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(Box::new(SqliteTx(tx)))
     }
 
     fn error(&self, e: sqlx::Error) -> StoreError {
@@ -165,12 +209,6 @@ impl Driver for SqliteDriver {
 }
 
 struct SqliteTx<'c>(Transaction<'c, Sqlite>);
-
-/// A transaction the journal began on its own connection, as a [`Conn`],
-/// so the store's operations can run inside it.
-pub(crate) fn wrap<'c>(tx: Transaction<'c, Sqlite>) -> Box<dyn Conn + 'c> {
-    Box::new(SqliteTx(tx))
-}
 
 fn query(
     sql: &str,
@@ -244,6 +282,30 @@ fn positional(sql: &str, args: Vec<Val>) -> (String, Vec<Val>) {
     (out, ordered)
 }
 
+/// Rows as [`Val`]s.
+fn to_rows(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Row>, sqlx::Error> {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    let raw = r.try_get_raw(i)?;
+                    if raw.is_null() {
+                        return Ok(Val::Null);
+                    }
+                    // The value's own storage class, not the column's.
+                    let int = matches!(raw.type_info().name(), "INTEGER" | "BOOLEAN");
+                    Ok(if int {
+                        Val::Int(r.try_get_unchecked::<i64, _>(i)?)
+                    } else {
+                        Val::Text(r.try_get_unchecked::<String, _>(i)?)
+                    })
+                })
+                .collect::<Result<Vec<Val>, sqlx::Error>>()
+                .map(Row)
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl<'c> Conn for SqliteTx<'c> {
     async fn exec(&mut self, sql: &str, args: Vec<Val>) -> Result<u64, sqlx::Error> {
@@ -254,27 +316,7 @@ impl<'c> Conn for SqliteTx<'c> {
     }
 
     async fn fetch(&mut self, sql: &str, args: Vec<Val>) -> Result<Vec<Row>, sqlx::Error> {
-        let rows = query(sql, args).fetch_all(&mut *self.0).await?;
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| {
-                        let raw = r.try_get_raw(i)?;
-                        if raw.is_null() {
-                            return Ok(Val::Null);
-                        }
-                        // The value's own storage class, not the column's.
-                        let int = matches!(raw.type_info().name(), "INTEGER" | "BOOLEAN");
-                        Ok(if int {
-                            Val::Int(r.try_get_unchecked::<i64, _>(i)?)
-                        } else {
-                            Val::Text(r.try_get_unchecked::<String, _>(i)?)
-                        })
-                    })
-                    .collect::<Result<Vec<Val>, sqlx::Error>>()
-                    .map(Row)
-            })
-            .collect()
+        to_rows(&query(sql, args).fetch_all(&mut *self.0).await?)
     }
 
     async fn insert_rows(
