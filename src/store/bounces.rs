@@ -121,8 +121,7 @@ impl Store {
     pub async fn learn(&self, l: &Learned, soft_limit: u32) -> Result<Action, StoreError> {
         let key = normalise_email(&l.email);
         let hash = email_hash_hex(&l.email);
-        let now_ms = super::journal::now_ms();
-        let now = crate::subscribers::model::now();
+        let now = super::stamp();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
         let seen = tx
             .count(
@@ -144,17 +143,17 @@ impl Store {
             campaign: l.campaign,
         };
         let action = match l.kind {
-            Kind::Hard => bounce(&mut tx, &hash, cause, &now).await?,
-            Kind::Complaint => match status::complain(&mut tx, &hash, cause, &now).await? {
+            Kind::Hard => bounce(&mut tx, &hash, cause, now).await?,
+            Kind::Complaint => match status::complain(&mut tx, &hash, cause, now).await? {
                 true => Action::Unsubscribed,
                 false => Action::AlreadyBlocked,
             },
             Kind::Soft => {
-                status::soft_bounce(&mut tx, &hash, cause, &now).await?;
+                status::soft_bounce(&mut tx, &hash, cause, now).await?;
                 // This one included: it is inserted below, so count it here.
                 let count = 1 + soft_bounces_in_window(&mut tx, &hash).await?;
                 if count >= u64::from(soft_limit.max(1)) {
-                    match bounce(&mut tx, &hash, cause, &now).await? {
+                    match bounce(&mut tx, &hash, cause, now).await? {
                         Action::AlreadyBlocked => Action::AlreadyBlocked,
                         done => done,
                     }
@@ -178,7 +177,7 @@ impl Store {
                 l.campaign.into(),
                 l.source.clone().into(),
                 action.as_str().into(),
-                now_ms.into(),
+                now.into(),
             ],
         )
         .await?;
@@ -291,7 +290,7 @@ async fn bounce(
     tx: &mut Tx<'_>,
     hash: &str,
     cause: Cause<'_>,
-    now: &str,
+    now: i64,
 ) -> Result<Action, StoreError> {
     use crate::subscribers::model::BounceOutcome as B;
     Ok(match status::bounce(tx, hash, cause, now).await? {

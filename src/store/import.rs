@@ -638,14 +638,14 @@ async fn write_changes(
     if changes.is_empty() {
         return Ok(());
     }
-    let now = model::now();
+    let now = super::stamp();
     // $1 = now, $2 = source; then the row's own values.
     const PER_ROW: usize = 8;
     for chunk in changes.chunks((MAX_PARAMS - 2) / PER_ROW) {
         let mut sql = String::from(
             "INSERT INTO subscribers (email, email_key, email_hash, first_name, last_name, attributes, status, unsubscribed_at, source, created_at, updated_at) VALUES ",
         );
-        let mut args = vec![Val::Text(now.clone()), Val::Text(options.source.clone())];
+        let mut args = vec![Val::Int(now), Val::Text(options.source.clone())];
         for (i, c) in chunk.iter().enumerate() {
             super::push_tuple(&mut sql, i, PER_ROW, 2);
             sql.truncate(sql.len() - 1);
@@ -659,9 +659,9 @@ async fn write_changes(
                 Val::Text(attributes_json(&c.attributes)),
                 Val::Text(c.status.as_str().into()),
                 if c.status == Status::Unsubscribed {
-                    Val::Text(now.clone())
+                    Val::Int(now)
                 } else {
-                    Val::Null
+                    Val::NullInt
                 },
             ]);
         }
@@ -686,7 +686,7 @@ async fn write_changes(
             Val::Text(c.hash),
             Val::Text(event.into()),
             Val::Text(options.source.clone()),
-            Val::Text(now.clone()),
+            Val::Int(now),
         ]);
     }
     tx.insert_rows(
@@ -708,7 +708,7 @@ async fn insert_new(
     laps: &Laps,
 ) -> Result<(), StoreError> {
     let Scratch { stage, lists, .. } = scratch;
-    let now = model::now();
+    let now = super::stamp();
     report.new = tx
         .count(&format!("SELECT COUNT(*) FROM {stage}"), vec![])
         .await?;
@@ -740,7 +740,7 @@ async fn insert_new(
     } else {
         ("", "")
     };
-    let mut args = vec![Val::Text(options.source.clone()), Val::Text(now.clone())];
+    let mut args = vec![Val::Text(options.source.clone()), Val::Int(now)];
     if exclusive {
         args.push(Val::Int(base_id));
     }
@@ -773,7 +773,7 @@ async fn insert_new(
                  SELECT email_hash, {}, $1, $2 FROM {stage} st ORDER BY st.line",
                 event.replace("status", "COALESCE(st.status, 'active')")
             ),
-            vec![Val::Text(options.source.clone()), Val::Text(now)],
+            vec![Val::Text(options.source.clone()), Val::Int(now)],
         )
         .await?;
     }

@@ -848,12 +848,12 @@ impl Journal {
                         error.code.map_or(String::new(), |c| c.to_string()),
                         self.campaign.issue
                     );
-                    let now = crate::subscribers::model::now();
+                    let now = super::stamp();
                     let cause = super::status::Cause {
                         source: &source,
                         campaign: Some(id),
                     };
-                    super::status::bounce(tx, &hash, cause, &now).await?;
+                    super::status::bounce(tx, &hash, cause, now).await?;
                 }
             }
         }

@@ -18,8 +18,9 @@
 //! how both stores behave the same, and why the test suite can run one set
 //! of tests against each.
 //!
-//! Timestamps are RFC 3339 UTC text with whole seconds on both databases,
-//! so the API returns the same values whichever is used.
+//! Every time in the database is Unix milliseconds (migration 0007 moved
+//! the subscriber tables to it); the API shows subscriber times as RFC 3339
+//! UTC with whole seconds, the same whichever database is used.
 
 mod bounces;
 mod import;
@@ -354,7 +355,7 @@ impl<'a> Tx<'a> {
         hash: &str,
         event: &str,
         source: &str,
-        at: &str,
+        at: i64,
     ) -> Result<(), StoreError> {
         self.event_in(hash, event, source, at, None).await
     }
@@ -366,7 +367,7 @@ impl<'a> Tx<'a> {
         hash: &str,
         event: &str,
         source: &str,
-        at: &str,
+        at: i64,
         campaign: Option<i64>,
     ) -> Result<(), StoreError> {
         self.exec(
@@ -392,9 +393,9 @@ fn subscriber_from_row(mut r: Row) -> Subscriber {
         attributes: parse_attributes(&r.text(6)),
         status: parse_status(&r.text(7)),
         source: r.text(8),
-        created_at: r.text(9),
-        updated_at: r.text(10),
-        unsubscribed_at: r.opt_text(11),
+        created_at: rfc3339(r.int(9)),
+        updated_at: rfc3339(r.int(10)),
+        unsubscribed_at: r.opt_int(11).map(rfc3339),
         lists: Vec::new(),
     }
 }
@@ -412,6 +413,27 @@ pub(crate) fn parse_attributes(json: &str) -> BTreeMap<String, String> {
 /// Attributes as stored: a JSON object, keys sorted, no spaces.
 pub(crate) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
     serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into())
+}
+
+/// Now, as the database keeps every time: Unix milliseconds (the journal's
+/// representation, and the bounces', so times compare across tables).
+pub(crate) fn stamp() -> i64 {
+    journal::now_ms()
+}
+
+/// A stored time as the API shows it: RFC 3339 UTC with whole seconds.
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// Rows per page when walking the store.
@@ -545,7 +567,7 @@ impl Store {
         }
         model::check_text("--after-removal", decided_by, true).map_err(StoreError::Invalid)?;
         let hash = email_hash_hex(new.email.trim());
-        let now = model::now();
+        let now = stamp();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
         let removed = tx
             .one(
@@ -561,7 +583,7 @@ impl Store {
             )
             .await?;
             let source = format!("after removal, decided by: {decided_by}");
-            tx.event(&hash, "resubscribed", &source, &now).await?;
+            tx.event(&hash, "resubscribed", &source, now).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -582,7 +604,7 @@ impl Store {
         check_new(new)?;
         let key = normalise_email(email);
         let hash = email_hash_hex(email);
-        let now = model::now();
+        let now = stamp();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
         let mut lifted_suppression = false;
         if let Some(mut s) = tx
@@ -597,7 +619,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(AddOutcome::Suppressed {
                     reason,
-                    since: s.text(1),
+                    since: rfc3339(s.int(1)),
                 });
             }
             tx.exec(
@@ -630,7 +652,7 @@ impl Store {
                             new.last_name.as_deref().unwrap_or("").trim().into(),
                             attributes_json(&attributes).into(),
                             source.into(),
-                            now.clone().into(),
+                            now.into(),
                         ],
                     )
                     .await?;
@@ -641,7 +663,7 @@ impl Store {
                 } else {
                     "added"
                 };
-                tx.event(&hash, event, source, &now).await?;
+                tx.event(&hash, event, source, now).await?;
                 if lifted_suppression {
                     AddOutcome::Resubscribed { id }
                 } else {
@@ -695,7 +717,7 @@ impl Store {
                             merged.first_name.into(),
                             merged.last_name.into(),
                             attributes_json(&merged.attributes).into(),
-                            now.clone().into(),
+                            now.into(),
                             s.id.into(),
                         ],
                     )
@@ -703,10 +725,10 @@ impl Store {
                     add_lists(&mut tx, s.id, &new_lists).await?;
                 }
                 if inactive {
-                    tx.event(&hash, "resubscribed", source, &now).await?;
+                    tx.event(&hash, "resubscribed", source, now).await?;
                     AddOutcome::Resubscribed { id: s.id }
                 } else if changed {
-                    tx.event(&hash, "updated", source, &now).await?;
+                    tx.event(&hash, "updated", source, now).await?;
                     AddOutcome::Updated { id: s.id }
                 } else {
                     AddOutcome::Unchanged { id: s.id }
@@ -737,9 +759,9 @@ impl Store {
         source: &str,
     ) -> Result<UnsubscribeOutcome, StoreError> {
         let hash = check_hash(hash)?;
-        let now = model::now();
+        let now = stamp();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let outcome = status::unsubscribe(&mut tx, &hash, source, &now).await?;
+        let outcome = status::unsubscribe(&mut tx, &hash, source, now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -752,9 +774,9 @@ impl Store {
         source: &str,
     ) -> Result<ResubscribeOutcome, StoreError> {
         let hash = check_hash(hash)?;
-        let now = model::now();
+        let now = stamp();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let outcome = status::resubscribe(&mut tx, &hash, source, &now).await?;
+        let outcome = status::resubscribe(&mut tx, &hash, source, now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -764,7 +786,7 @@ impl Store {
     pub async fn remove(&self, email: &str, source: &str) -> Result<RemoveOutcome, StoreError> {
         let key = normalise_email(email);
         let hash = email_hash_hex(email);
-        let now = model::now();
+        let now = stamp();
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
         // Lists go with the row (ON DELETE CASCADE).
         let n = tx
@@ -786,14 +808,10 @@ impl Store {
         tx.exec(
             "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (email_hash) DO UPDATE SET reason = excluded.reason",
-            vec![
-                hash.clone().into(),
-                SUPPRESSED_REMOVED.into(),
-                now.clone().into(),
-            ],
+            vec![hash.clone().into(), SUPPRESSED_REMOVED.into(), now.into()],
         )
         .await?;
-        tx.event(&hash, "removed", source, &now).await?;
+        tx.event(&hash, "removed", source, now).await?;
         tx.commit().await?;
         if n + journaled > 0 {
             self.driver.erase_traces().await?;
@@ -815,10 +833,10 @@ impl Store {
     ) -> Result<BounceOutcome, StoreError> {
         let key = normalise_email(email);
         let hash = email_hash_hex(email);
-        let now = model::now();
+        let now = stamp();
         let source = format!("bounce: {}", redact_address(reason, &key));
         let mut tx = Tx::begin(self.driver.as_ref(), true).await?;
-        let outcome = status::bounce(&mut tx, &hash, status::Cause::from(&source), &now).await?;
+        let outcome = status::bounce(&mut tx, &hash, status::Cause::from(&source), now).await?;
         tx.commit().await?;
         Ok(outcome)
     }

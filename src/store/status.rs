@@ -71,7 +71,7 @@ async fn apply(
     step: Step,
     event: &str,
     cause: Cause<'_>,
-    now: &str,
+    now: i64,
 ) -> Result<bool, StoreError> {
     let changed = match step {
         Step::Status(id, status) => {
@@ -140,7 +140,7 @@ pub(crate) async fn unsubscribe(
     tx: &mut Tx<'_>,
     hash: &str,
     source: &str,
-    now: &str,
+    now: i64,
 ) -> Result<UnsubscribeOutcome, StoreError> {
     Ok(match find(tx, hash).await?.row {
         Some((_, Status::Unsubscribed)) => UnsubscribeOutcome::AlreadyUnsubscribed,
@@ -166,7 +166,7 @@ pub(crate) async fn resubscribe(
     tx: &mut Tx<'_>,
     hash: &str,
     source: &str,
-    now: &str,
+    now: i64,
 ) -> Result<ResubscribeOutcome, StoreError> {
     let found = find(tx, hash).await?;
     let self_service = match found.row {
@@ -200,7 +200,7 @@ pub(crate) async fn bounce(
     tx: &mut Tx<'_>,
     hash: &str,
     cause: Cause<'_>,
-    now: &str,
+    now: i64,
 ) -> Result<BounceOutcome, StoreError> {
     Ok(match find(tx, hash).await?.row {
         Some((_, Status::Bounced)) => BounceOutcome::AlreadyBounced,
@@ -228,7 +228,7 @@ pub(crate) async fn complain(
     tx: &mut Tx<'_>,
     hash: &str,
     cause: Cause<'_>,
-    now: &str,
+    now: i64,
 ) -> Result<bool, StoreError> {
     let id = find(tx, hash).await?.row.map(|(id, _)| id);
     apply(tx, hash, Step::Complaint(id), "complained", cause, now).await
@@ -240,7 +240,7 @@ pub(crate) async fn soft_bounce(
     tx: &mut Tx<'_>,
     hash: &str,
     cause: Cause<'_>,
-    now: &str,
+    now: i64,
 ) -> Result<(), StoreError> {
     tx.event_in(hash, "soft-bounced", cause.source, now, cause.campaign)
         .await

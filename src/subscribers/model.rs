@@ -364,20 +364,6 @@ pub fn split_lists(cell: &str) -> Result<Vec<String>, String> {
     Ok(lists)
 }
 
-/// Now, as stored: RFC 3339 UTC with whole seconds, so text order is time order.
-pub fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
