@@ -1306,6 +1306,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stored_times_show_as_rfc3339() {
+        assert_eq!(rfc3339(1_795_681_620_000), "2026-11-26T08:27:00Z");
+        assert_eq!(rfc3339(1_795_681_620_999), "2026-11-26T08:27:00Z");
+        assert_eq!(rfc3339(stamp()).len(), "2026-11-26T08:27:00Z".len());
+    }
+
+    #[test]
     fn urls_are_redacted() {
         assert_eq!(
             redact_url("postgres://tidings:s3cret@localhost/tidings"),
