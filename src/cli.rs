@@ -57,6 +57,8 @@ pub enum Command {
     Status(send::StatusArgs),
     /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
     Subscribers(crate::subscribers::cli::SubscribersArgs),
+    /// Bounces and complaints that arrive by mail: import files, or fetch the bounce mailbox over IMAP
+    Bounces(crate::bounces::cli::BouncesArgs),
     /// Run the web service for unsubscribe links (RFC 8058 one-click) and the issues in the browser
     Serve(serve::ServeArgs),
     /// Write the sent issues as static HTML pages with an Atom feed
@@ -173,6 +175,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::send(&config, args),
         Command::Status(args) => send::status(&config, args),
         Command::Subscribers(args) => crate::subscribers::cli::run(&config, args),
+        Command::Bounces(args) => crate::bounces::cli::run(&config, args),
         Command::Serve(args) => serve::serve(config, args),
         Command::Archive(args) => serve::archive(&config, args),
         Command::New(args) => init::new(&config, args),

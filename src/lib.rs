@@ -7,6 +7,7 @@
 //! answers the unsubscribe links and publishes sent issues.
 
 pub mod address;
+pub mod bounces;
 pub mod cli;
 pub mod config;
 pub mod content;
