@@ -85,6 +85,8 @@ fn fixtures_say_what_they_should() {
         ("qmail.eml", &["hard 5.1.1 eli@example.org campaign=7 verp dsn/qmail"]),
         ("gmail.eml", &["hard 5.1.1 ana@example.org campaign=7 verp dsn/gmail"]),
         ("gmail-new.eml", &["hard 5.1.1 bo@example.net campaign=7 verp dsn/gmail"]),
+        // Mailed by a real Postfix 3.7 (see real_postfix_dsn_to_dovecot).
+        ("postfix-real.eml", &["hard 5.3.0 ana@remote.example campaign=7 verp dsn/rfc3464"]),
         (
             "dsn-forged-tag.eml",
             &["hard 5.1.1 ana@example.org campaign=- unresolved: VERP tag `aedtgsqjb6a346oiwy367xweehwgg` has a wrong signature: forged, or made with another TIDINGS_UNSUBSCRIBE_SECRET dsn/rfc3464"],
@@ -279,7 +281,7 @@ fn import_dry_run_prints_each_finding_and_reports_unreadable_ones() {
     );
     assert!(stderr.lines().any(|l| l == malformed), "{stderr}");
     assert!(
-        stderr.contains("15 messages: 7 hard, 1 soft, 1 complaints, 4 ignored, 1 refused, 2 unreadable in "),
+        stderr.contains("16 messages: 8 hard, 1 soft, 1 complaints, 4 ignored, 1 refused, 2 unreadable in "),
         "{stderr}"
     );
 }
@@ -532,4 +534,111 @@ fn fetch_dry_run_through_the_binary() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 unseen; nothing moved (dry run)"));
     assert_eq!(server.count(None), 1);
+}
+
+// ------------------------------------------------------- end to end
+
+fn project_command(project: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+    c.current_dir(project);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("TIDINGS_") {
+            c.env_remove(var);
+        }
+    }
+    c.env("TIDINGS_UNSUBSCRIBE_SECRET", SECRET)
+        .env("TIDINGS_BOUNCES_ADDRESS", "bounces@news.example.org")
+        .env("TIDINGS_NEWSLETTER_FROM", "Test Letter <news@news.example.org>")
+        .args(args);
+    c
+}
+
+/// The whole way with real servers: tidings sends a campaign through a
+/// throwaway Postfix relay, which says 250 to all, then meets a next hop
+/// refusing the recipients of remote.example and mails real RFC 3464
+/// bounces to the VERP envelope senders; those land in Dovecot's mailbox,
+/// and `bounces fetch` reads them over IMAP with TLS and finds exactly the
+/// refused recipients, with the campaign. (Marking them in the store waits
+/// for the store's side of issue 12; this run is a dry run.)
+#[test]
+#[ignore = "needs Postfix, smtp-sink, Dovecot and openssl, as root: run scripts/test.sh"]
+fn real_postfix_dsn_to_dovecot() {
+    let dir = support::scratch_dir("bounces-e2e");
+    for d in ["dovecot", "postfix", "project"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let dovecot = support::mail::Dovecot::start(&dir.join("dovecot"), &[]);
+    let refuse = support::mail::Sink::start(true);
+    let accept = support::mail::Sink::start(false);
+    let postfix = support::mail::Postfix::start(
+        &dir.join("postfix"),
+        &[("remote.example", refuse.port), ("ok.example", accept.port)],
+        "bounces@news.example.org",
+        &dovecot.maildir,
+    );
+    let project = dir.join("project");
+    support::copy_fixture("minimal", &project);
+    std::fs::write(
+        project.join("list.csv"),
+        "email\nana@remote.example\nbo@remote.example\ncy@ok.example\n",
+    )
+    .unwrap();
+    let out = support::run(
+        project_command(
+            &project,
+            &["send", "content/hello.md", "--subscribers", "list.csv", "--yes"],
+        )
+        .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+        .env("TIDINGS_SMTP_PORT", postfix.port.to_string())
+        .env("TIDINGS_SMTP_TLS", "none")
+        .env("TIDINGS_SEND_RATE", "unlimited"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        support::describe(&out),
+        postfix.log()
+    );
+    // The relay took all three; two bounces come back.
+    let started = std::time::Instant::now();
+    while dovecot.count(None) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no bounces after 30 s:\n{}",
+            postfix.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(dovecot.count(None), 2, "{}", postfix.log());
+
+    let out = support::run(
+        project_command(&project, &["bounces", "fetch", "--dry-run"])
+            .env(
+                "TIDINGS_BOUNCES_IMAP_URL",
+                format!("imaps://127.0.0.1:{}/INBOX", dovecot.imaps_port),
+            )
+            .env("TIDINGS_BOUNCES_USERNAME", support::mail::USER)
+            .env("TIDINGS_BOUNCES_CA_FILE", dir.join("dovecot/ca.crt"))
+            .env("TIDINGS_BOUNCES_PASSWORD", support::mail::PASSWORD),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut found: Vec<String> = stdout
+        .lines()
+        .map(|l| l.split_once(": ").unwrap().1.to_string())
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "hard 5.3.0 ana@remote.example, campaign 1 (VERP tag) [rfc3464]: would mark bounced and suppress",
+            "hard 5.3.0 bo@remote.example, campaign 1 (VERP tag) [rfc3464]: would mark bounced and suppress",
+        ],
+        "{}",
+        support::describe(&out)
+    );
 }

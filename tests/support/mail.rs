@@ -270,3 +270,192 @@ impl Drop for Dovecot {
         let _ = self.child.wait();
     }
 }
+
+/// An `smtp-sink` next hop: refuses every recipient (`-f RCPT`, a 5xx) or
+/// accepts everything.
+pub struct Sink {
+    child: Child,
+    pub port: u16,
+}
+
+impl Sink {
+    pub fn start(refuse_recipients: bool) -> Sink {
+        let sink = super::require_env(super::ENV_SMTP_SINK, "Postfix's smtp-sink");
+        let port = free_port();
+        let mut cmd = Command::new(sink);
+        if mail_ids().0 == 65534 {
+            // smtp-sink refuses to run as root.
+            cmd.args(["-u", "nobody"]);
+        }
+        if refuse_recipients {
+            cmd.args(["-f", "RCPT"]);
+        }
+        let child = cmd
+            .args(["-c", &format!("127.0.0.1:{port}"), "20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "smtp-sink did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sink { child, port }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway Postfix relay: its own config folder and queue in `dir`,
+/// SMTP on a free loopback port, mynetworks 127.0.0.0/8; routes
+/// `transports` (domain, port of a next hop on 127.0.0.1) and delivers
+/// mail for `virtual_domain` (with `+` tags) into `maildir` (Dovecot's),
+/// so bounces land where IMAP reads them. Never the system instance.
+pub struct Postfix {
+    dir: PathBuf,
+    postfix: String,
+    pub port: u16,
+}
+
+impl Postfix {
+    pub fn start(
+        dir: &Path,
+        transports: &[(&str, u16)],
+        virtual_address: &str,
+        maildir: &Path,
+    ) -> Postfix {
+        let postfix = super::require_env(ENV_POSTFIX, "Postfix (Debian's postfix)");
+        assert_eq!(
+            mail_ids().0,
+            65534,
+            "a throwaway Postfix needs root (run scripts/test.sh as root)"
+        );
+        for d in ["queue", "data"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let _ = Command::new("chown").args(["postfix"]).arg(dir.join("data")).status();
+        let port = free_port();
+        let d = dir.display();
+        let base = maildir.parent().unwrap();
+        let mailbox = maildir.file_name().unwrap().to_string_lossy();
+        let domain = virtual_address.split('@').nth(1).unwrap();
+        std::fs::write(
+            dir.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = relay.test.example
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions = permit_mynetworks, reject
+transport_maps = texthash:{d}/transport
+virtual_mailbox_domains = {domain}
+virtual_mailbox_base = {base}
+virtual_mailbox_maps = texthash:{d}/vmailbox
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+virtual_minimum_uid = 1
+recipient_delimiter = +
+maillog_file = {d}/postfix.log
+maillog_file_prefixes = {d}
+smtputf8_enable = no
+smtp_dns_support_level = disabled
+alias_maps =
+alias_database =
+biff = no
+",
+                base = base.display()
+            ),
+        )
+        .unwrap();
+        let transport: String = transports
+            .iter()
+            .map(|(domain, p)| format!("{domain} smtp:[127.0.0.1]:{p}\n"))
+            .collect();
+        std::fs::write(dir.join("transport"), transport).unwrap();
+        std::fs::write(dir.join("vmailbox"), format!("{virtual_address} {mailbox}/\n")).unwrap();
+        std::fs::write(
+            dir.join("master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+virtual   unix  - n n - - virtual
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"
+            ),
+        )
+        .unwrap();
+        let server = Postfix {
+            dir: dir.to_path_buf(),
+            postfix,
+            port,
+        };
+        let out = Command::new(&server.postfix)
+            .arg("-c")
+            .arg(dir)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "postfix -c {d} start failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "postfix did not listen within 20 s:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postfix.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.postfix)
+            .arg("-c")
+            .arg(&self.dir)
+            .arg("stop")
+            .output();
+    }
+}
