@@ -64,12 +64,30 @@ fn process(name: &str) -> Vec<Resolved> {
 #[test]
 fn fixtures_say_what_they_should() {
     let cases: &[(&str, &[&str])] = &[
-        ("dsn-hard.eml", &["hard 5.1.1 ana@example.org campaign=7 verp dsn/rfc3464"]),
-        ("dsn-soft.eml", &["soft 4.2.2 bo@example.net campaign=7 verp dsn/rfc3464"]),
-        ("dsn-delayed.eml", &["ignored 4.4.1 cy@example.com campaign=7 verp dsn/rfc3464"]),
-        ("arf-complaint.eml", &["complaint - dee@example.org campaign=7 verp arf/arf"]),
-        ("out-of-office.eml", &["ignored - key:5157fbbd87c5e25d campaign=7 verp other/auto-reply"]),
-        ("challenge.eml", &["ignored - key:c42f5d0033a838d1 campaign=7 verp other/auto-reply"]),
+        (
+            "dsn-hard.eml",
+            &["hard 5.1.1 ana@example.org campaign=7 verp dsn/rfc3464"],
+        ),
+        (
+            "dsn-soft.eml",
+            &["soft 4.2.2 bo@example.net campaign=7 verp dsn/rfc3464"],
+        ),
+        (
+            "dsn-delayed.eml",
+            &["ignored 4.4.1 cy@example.com campaign=7 verp dsn/rfc3464"],
+        ),
+        (
+            "arf-complaint.eml",
+            &["complaint - dee@example.org campaign=7 verp arf/arf"],
+        ),
+        (
+            "out-of-office.eml",
+            &["ignored - key:5157fbbd87c5e25d campaign=7 verp other/auto-reply"],
+        ),
+        (
+            "challenge.eml",
+            &["ignored - key:c42f5d0033a838d1 campaign=7 verp other/auto-reply"],
+        ),
         (
             "dsn-no-verp-our-message-id.eml",
             &["hard 5.1.1 eli@example.org campaign=- message-id dsn/rfc3464"],
@@ -81,15 +99,32 @@ fn fixtures_say_what_they_should() {
                 "ignored 4.4.7 hal@example.org campaign=- message-id dsn/rfc3464",
             ],
         ),
-        ("exchange.eml", &["hard 5.1.1 fay@example.org campaign=7 verp dsn/exchange"]),
-        ("qmail.eml", &["hard 5.1.1 eli@example.org campaign=7 verp dsn/qmail"]),
-        ("gmail.eml", &["hard 5.1.1 ana@example.org campaign=7 verp dsn/gmail"]),
-        ("gmail-new.eml", &["hard 5.1.1 bo@example.net campaign=7 verp dsn/gmail"]),
+        (
+            "exchange.eml",
+            &["hard 5.1.1 fay@example.org campaign=7 verp dsn/exchange"],
+        ),
+        (
+            "qmail.eml",
+            &["hard 5.1.1 eli@example.org campaign=7 verp dsn/qmail"],
+        ),
+        (
+            "gmail.eml",
+            &["hard 5.1.1 ana@example.org campaign=7 verp dsn/gmail"],
+        ),
+        (
+            "gmail-new.eml",
+            &["hard 5.1.1 bo@example.net campaign=7 verp dsn/gmail"],
+        ),
         // Mailed by a real Postfix 3.7 (see real_postfix_dsn_to_dovecot).
-        ("postfix-real.eml", &["hard 5.3.0 ana@remote.example campaign=7 verp dsn/rfc3464"]),
+        (
+            "postfix-real.eml",
+            &["hard 5.3.0 ana@remote.example campaign=7 verp dsn/rfc3464"],
+        ),
         (
             "dsn-forged-tag.eml",
-            &["hard 5.1.1 ana@example.org campaign=- unresolved: VERP tag `aedtgsqjb6a346oiwy367xweehwgg` has a wrong signature: forged, or made with another TIDINGS_UNSUBSCRIBE_SECRET dsn/rfc3464"],
+            &[
+                "hard 5.1.1 ana@example.org campaign=- unresolved: VERP tag `aedtgsqjb6a346oiwy367xweehwgg` has a wrong signature: forged, or made with another TIDINGS_UNSUBSCRIBE_SECRET dsn/rfc3464",
+            ],
         ),
     ];
     let mut failures = Vec::new();
@@ -118,10 +153,7 @@ fn details_of_a_dsn() {
         f.original_message_id.as_deref(),
         Some("<5f1c0e2ad6b44f0c9c1c2f7d8e9a0b1c@news.example.org>")
     );
-    assert_eq!(
-        f.report_id,
-        "<20261202060000.1A2B3C4D5E@relay.example.net>"
-    );
+    assert_eq!(f.report_id, "<20261202060000.1A2B3C4D5E@relay.example.net>");
     // Reasons of ignored findings say what they are.
     let delayed = &process("dsn-delayed.eml")[0].finding;
     assert_eq!(
@@ -248,7 +280,10 @@ fn import(args: &[&str]) -> std::process::Output {
         .args(args)
         .env("TIDINGS_UNSUBSCRIBE_SECRET", SECRET)
         .env("TIDINGS_BOUNCES_ADDRESS", "bounces@news.example.org")
-        .env("TIDINGS_NEWSLETTER_FROM", "Test Letter <news@news.example.org>");
+        .env(
+            "TIDINGS_NEWSLETTER_FROM",
+            "Test Letter <news@news.example.org>",
+        );
     support::run(&mut cmd, Duration::from_secs(60))
 }
 
@@ -281,7 +316,9 @@ fn import_dry_run_prints_each_finding_and_reports_unreadable_ones() {
     );
     assert!(stderr.lines().any(|l| l == malformed), "{stderr}");
     assert!(
-        stderr.contains("16 messages: 8 hard, 1 soft, 1 complaints, 4 ignored, 1 refused, 2 unreadable in "),
+        stderr.contains(
+            "16 messages: 8 hard, 1 soft, 1 complaints, 4 ignored, 1 refused, 2 unreadable in "
+        ),
         "{stderr}"
     );
 }
@@ -329,12 +366,16 @@ fn import_reads_an_mbox_and_a_maildir() {
     assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(&format!("{}:1: hard 5.1.1 ana@example.org", mbox_path.display())),
+        stdout.contains(&format!(
+            "{}:1: hard 5.1.1 ana@example.org",
+            mbox_path.display()
+        )),
         "{stdout}"
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("6 messages: 2 hard, 2 soft, 2 complaints, 0 ignored, 0 refused, 0 unreadable"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "6 messages: 2 hard, 2 soft, 2 complaints, 0 ignored, 0 refused, 0 unreadable"
+        ),
         "{}",
         support::describe(&out)
     );
@@ -377,7 +418,10 @@ fn config_errors_name_the_key() {
     .unwrap();
     assert_eq!(c.bounces.soft_limit, 5);
     assert_eq!(c.bounces.processed_folder, "Processed");
-    assert_eq!(format!("{:?}", c.secrets.bounces_password), "Some(Secret(***))");
+    assert_eq!(
+        format!("{:?}", c.secrets.bounces_password),
+        "Some(Secret(***))"
+    );
 }
 
 // ------------------------------------------------------------------ IMAP
@@ -442,13 +486,22 @@ fn imap_fetch_moves_what_it_processed() {
         .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
     assert_eq!((stats.unseen, stats.moved), (3, 3), "{stats:?}");
     let kinds: Vec<String> = rec.seen.iter().map(|(_, f)| summary(&f[0])).collect();
-    assert!(kinds.contains(&"hard 5.1.1 ana@example.org campaign=7 verp dsn/rfc3464".to_string()), "{kinds:?}");
-    assert!(rec.seen[0].0.starts_with("imap:INBOX/uid "), "{:?}", rec.seen[0].0);
+    assert!(
+        kinds.contains(&"hard 5.1.1 ana@example.org campaign=7 verp dsn/rfc3464".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        rec.seen[0].0.starts_with("imap:INBOX/uid "),
+        "{:?}",
+        rec.seen[0].0
+    );
     // Moved: the folder was created, INBOX is empty, a second fetch finds nothing.
     assert_eq!(server.count(None), 0);
     assert_eq!(server.count(Some("Processed")), 3);
     let mut again = Recorder::default();
-    let stats = rt.block_on(imap::fetch(&settings, false, &mut again)).unwrap();
+    let stats = rt
+        .block_on(imap::fetch(&settings, false, &mut again))
+        .unwrap();
     assert_eq!((stats.unseen, again.seen.len()), (0, 0));
 
     // STARTTLS on the plain port, and a dry run that changes nothing.
@@ -463,7 +516,9 @@ fn imap_fetch_moves_what_it_processed() {
     assert_eq!((stats.unseen, stats.moved, dry.seen.len()), (1, 0, 1));
     // Still unseen (read with BODY.PEEK), so a real fetch takes it.
     let mut real = Recorder::default();
-    let stats = rt.block_on(imap::fetch(&starttls, false, &mut real)).unwrap();
+    let stats = rt
+        .block_on(imap::fetch(&starttls, false, &mut real))
+        .unwrap();
     assert_eq!((stats.unseen, stats.moved), (1, 1));
     assert_eq!(server.count(Some("Processed")), 4);
 }
@@ -489,7 +544,10 @@ fn imap_errors_say_what_to_fix() {
         )) && bad_login.ends_with(" — check bounces.username and TIDINGS_BOUNCES_PASSWORD"),
         "{bad_login}"
     );
-    assert!(!bad_login.contains("wrong"), "the password is never shown: {bad_login}");
+    assert!(
+        !bad_login.contains("wrong"),
+        "the password is never shown: {bad_login}"
+    );
     let missing = fetch(&imap_config(
         &format!("imaps://127.0.0.1:{}/Bounces", server.imaps_port),
         Some(&ca),
@@ -526,7 +584,13 @@ fn fetch_dry_run_through_the_binary() {
         .env("TIDINGS_BOUNCES_CA_FILE", dir.join("ca.crt"))
         .env("TIDINGS_BOUNCES_PASSWORD", support::mail::PASSWORD);
     let out = support::run(&mut cmd, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", support::describe(&out), server.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        support::describe(&out),
+        server.log()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(": hard 5.1.1 ana@example.org, campaign 7 (VERP tag) [rfc3464]: would mark bounced and suppress"),
@@ -548,7 +612,10 @@ fn project_command(project: &Path, args: &[&str]) -> std::process::Command {
     }
     c.env("TIDINGS_UNSUBSCRIBE_SECRET", SECRET)
         .env("TIDINGS_BOUNCES_ADDRESS", "bounces@news.example.org")
-        .env("TIDINGS_NEWSLETTER_FROM", "Test Letter <news@news.example.org>")
+        .env(
+            "TIDINGS_NEWSLETTER_FROM",
+            "Test Letter <news@news.example.org>",
+        )
         .args(args);
     c
 }
@@ -586,7 +653,13 @@ fn real_postfix_dsn_to_dovecot() {
     let out = support::run(
         project_command(
             &project,
-            &["send", "content/hello.md", "--subscribers", "list.csv", "--yes"],
+            &[
+                "send",
+                "content/hello.md",
+                "--subscribers",
+                "list.csv",
+                "--yes",
+            ],
         )
         .env("TIDINGS_SMTP_HOST", "127.0.0.1")
         .env("TIDINGS_SMTP_PORT", postfix.port.to_string())

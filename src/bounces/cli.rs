@@ -109,7 +109,12 @@ pub async fn import(
 }
 
 /// Fetches the bounce mailbox and applies each report with `sink`.
-pub async fn fetch(config: &Config, sink: &dyn BounceSink, dry_run: bool, quiet: bool) -> Result<()> {
+pub async fn fetch(
+    config: &Config,
+    sink: &dyn BounceSink,
+    dry_run: bool,
+    quiet: bool,
+) -> Result<()> {
     let settings = ImapSettings::from_config(config).map_err(|e| Error::Usage(e.to_string()))?;
     let mut run = Run::new(config, sink, quiet);
     let stats = imap::fetch(&settings, dry_run, &mut run)

@@ -77,8 +77,9 @@ impl ImapUrl {
         if host.is_empty() || host.contains([' ', '?', '#']) {
             return Err(format!("`{u}` has no valid host: {how}"));
         }
-        let folder = percent_decode(folder)
-            .ok_or_else(|| format!("`{u}`: the folder `{folder}` is not valid percent-encoded UTF-8"))?;
+        let folder = percent_decode(folder).ok_or_else(|| {
+            format!("`{u}`: the folder `{folder}` is not valid percent-encoded UTF-8")
+        })?;
         Ok(ImapUrl {
             security,
             host: host.to_string(),
@@ -134,7 +135,8 @@ impl ImapSettings {
                 "bounces.imap_url is not set: add e.g. imap_url = \"imaps://mail.example.org/INBOX\" under [bounces]".into(),
             ));
         }
-        let url = ImapUrl::parse(&b.imap_url).map_err(|e| setup(format!("bounces.imap_url {e}")))?;
+        let url =
+            ImapUrl::parse(&b.imap_url).map_err(|e| setup(format!("bounces.imap_url {e}")))?;
         if b.username.trim().is_empty() {
             return Err(setup(
                 "bounces.username is not set: the bounce mailbox's login".into(),
@@ -190,7 +192,9 @@ pub enum ImapError {
         username: String,
         message: String,
     },
-    #[error("{host} has no folder `{folder}` (it has: {existing}) — check the folder in bounces.imap_url")]
+    #[error(
+        "{host} has no folder `{folder}` (it has: {existing}) — check the folder in bounces.imap_url"
+    )]
     MissingFolder {
         host: String,
         folder: String,
@@ -260,59 +264,71 @@ async fn open(s: &ImapSettings) -> Result<(Session, bool), ImapError> {
     let tcp = match tokio::time::timeout(TIMEOUT, TcpStream::connect((host, url.port))).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(connect_err(e.to_string())),
-        Err(_) => return Err(connect_err(format!("no answer within {} s", TIMEOUT.as_secs()))),
+        Err(_) => {
+            return Err(connect_err(format!(
+                "no answer within {} s",
+                TIMEOUT.as_secs()
+            )));
+        }
     };
     let tcp = match url.security {
         Security::Tls => tcp,
         Security::StartTls => {
             let mut client = async_imap::Client::new(tcp);
             greeting(&mut client, host).await?;
-            within(host, "STARTTLS", client.run_command_and_check_ok("STARTTLS", None))
-                .await
-                .map_err(|e| ImapError::Tls {
-                    host: host.to_string(),
-                    message: format!("the server refused STARTTLS ({e})"),
-                })?;
+            within(
+                host,
+                "STARTTLS",
+                client.run_command_and_check_ok("STARTTLS", None),
+            )
+            .await
+            .map_err(|e| ImapError::Tls {
+                host: host.to_string(),
+                message: format!("the server refused STARTTLS ({e})"),
+            })?;
             client.into_inner()
         }
     };
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
-        ImapError::Tls {
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| ImapError::Tls {
             host: host.to_string(),
             message: format!("`{host}` is not a valid TLS server name: {e}"),
-        }
-    })?;
-    let tls = tokio::time::timeout(TIMEOUT, TlsConnector::from(s.tls.clone()).connect(name, tcp))
-        .await
-        .map_err(|_| ImapError::Tls {
-            host: host.to_string(),
-            message: format!("no TLS handshake within {} s", TIMEOUT.as_secs()),
-        })?
-        .map_err(|e| ImapError::Tls {
-            host: host.to_string(),
-            message: e.to_string(),
         })?;
+    let tls = tokio::time::timeout(
+        TIMEOUT,
+        TlsConnector::from(s.tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| ImapError::Tls {
+        host: host.to_string(),
+        message: format!("no TLS handshake within {} s", TIMEOUT.as_secs()),
+    })?
+    .map_err(|e| ImapError::Tls {
+        host: host.to_string(),
+        message: e.to_string(),
+    })?;
     let mut client = async_imap::Client::new(tls);
     if url.security == Security::Tls {
         greeting(&mut client, host).await?;
     }
-    let mut session = match tokio::time::timeout(TIMEOUT, client.login(&s.username, s.password.expose())).await {
-        Ok(Ok(session)) => session,
-        Ok(Err((e, _))) => {
-            return Err(ImapError::Login {
-                host: host.to_string(),
-                username: s.username.clone(),
-                message: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(ImapError::Login {
-                host: host.to_string(),
-                username: s.username.clone(),
-                message: format!("no answer within {} s", TIMEOUT.as_secs()),
-            });
-        }
-    };
+    let mut session =
+        match tokio::time::timeout(TIMEOUT, client.login(&s.username, s.password.expose())).await {
+            Ok(Ok(session)) => session,
+            Ok(Err((e, _))) => {
+                return Err(ImapError::Login {
+                    host: host.to_string(),
+                    username: s.username.clone(),
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(ImapError::Login {
+                    host: host.to_string(),
+                    username: s.username.clone(),
+                    message: format!("no answer within {} s", TIMEOUT.as_secs()),
+                });
+            }
+        };
     let caps = within(host, "CAPABILITY", session.capabilities()).await?;
     let can_move = caps.has_str("MOVE");
     let folders = list_folders(&mut session, host).await?;
@@ -353,7 +369,10 @@ where
         Err(_) => Err(ImapError::Connect {
             host: host.to_string(),
             port: 0,
-            message: format!("no greeting within {} s (TLS on a STARTTLS port, or the reverse?)", TIMEOUT.as_secs()),
+            message: format!(
+                "no greeting within {} s (TLS on a STARTTLS port, or the reverse?)",
+                TIMEOUT.as_secs()
+            ),
         }),
     }
 }
@@ -414,7 +433,9 @@ pub async fn fetch(
             }
             Disposition::Done => {
                 within(host, "UID STORE", async {
-                    let stream = session.uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)").await?;
+                    let stream = session
+                        .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)")
+                        .await?;
                     let _: Vec<_> = stream.try_collect().await?;
                     Ok::<_, async_imap::error::Error>(())
                 })
@@ -445,13 +466,24 @@ mod tests {
             }
         );
         let u = ImapUrl::parse("imap://127.0.0.1:1143/Bounces%20In").unwrap();
-        assert_eq!((u.security, u.port, u.folder.as_str()), (Security::StartTls, 1143, "Bounces In"));
+        assert_eq!(
+            (u.security, u.port, u.folder.as_str()),
+            (Security::StartTls, 1143, "Bounces In")
+        );
         assert_eq!(ImapUrl::parse("imaps://h").unwrap().folder, "INBOX");
         assert_eq!(
             ImapUrl::parse("https://h/INBOX").unwrap_err(),
             "`https://h/INBOX` is not an IMAP URL: write imaps://host[:port]/FOLDER (TLS) or imap://host[:port]/FOLDER (STARTTLS)"
         );
-        assert!(ImapUrl::parse("imaps://h:99999/").unwrap_err().contains("port `99999`"));
-        assert!(ImapUrl::parse("imaps://u:p@h/").unwrap_err().contains("TIDINGS_BOUNCES_PASSWORD"));
+        assert!(
+            ImapUrl::parse("imaps://h:99999/")
+                .unwrap_err()
+                .contains("port `99999`")
+        );
+        assert!(
+            ImapUrl::parse("imaps://u:p@h/")
+                .unwrap_err()
+                .contains("TIDINGS_BOUNCES_PASSWORD")
+        );
     }
 }

@@ -70,7 +70,12 @@ impl Resolved {
     pub fn who(&self) -> String {
         match (&self.target, &self.finding.recipient) {
             (Ok(Target::Address(a)), _) => a.clone(),
-            (Ok(Target::Delivery { address: Some(a), .. }), _) => a.clone(),
+            (
+                Ok(Target::Delivery {
+                    address: Some(a), ..
+                }),
+                _,
+            ) => a.clone(),
             (Ok(Target::Delivery { recipient, .. }), _) => format!("key:{}", recipient.hex()),
             (Err(_), Some(a)) => a.clone(),
             (Err(_), None) => "-".into(),
@@ -142,10 +147,7 @@ impl Processor {
                 return Err(Unresolved::NoSecret(tag.clone()));
             };
             let d = verp.verify(tag)?;
-            let address = f
-                .recipient
-                .clone()
-                .filter(|a| d.recipient.matches(a));
+            let address = f.recipient.clone().filter(|a| d.recipient.matches(a));
             return Ok(Target::Delivery {
                 campaign: d.campaign,
                 recipient: d.recipient,

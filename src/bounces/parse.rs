@@ -145,7 +145,10 @@ pub fn parse(raw: &[u8], options: &ParseOptions) -> Result<Vec<Finding>, ParseEr
             .subtype()
             .is_some_and(|s| s.eq_ignore_ascii_case("report"))
         {
-            let report_type = ct.attribute("report-type").unwrap_or("").to_ascii_lowercase();
+            let report_type = ct
+                .attribute("report-type")
+                .unwrap_or("")
+                .to_ascii_lowercase();
             match report_type.as_str() {
                 "delivery-status" | "global-delivery-status" => {
                     return dsn(&message, base);
@@ -154,8 +157,7 @@ pub fn parse(raw: &[u8], options: &ParseOptions) -> Result<Vec<Finding>, ParseEr
                 _ => {
                     // Some senders get the report-type wrong; the parts
                     // themselves say what the report is.
-                    if find_part(&message, &["delivery-status", "global-delivery-status"])
-                        .is_some()
+                    if find_part(&message, &["delivery-status", "global-delivery-status"]).is_some()
                     {
                         return dsn(&message, base);
                     }
@@ -186,14 +188,13 @@ pub fn parse(raw: &[u8], options: &ParseOptions) -> Result<Vec<Finding>, ParseEr
 // ------------------------------------------------------------------ RFC 3464
 
 fn dsn(message: &Message<'_>, base: Finding) -> Result<Vec<Finding>, ParseError> {
-    let part = find_part(message, &["delivery-status", "global-delivery-status"]).ok_or_else(
-        || {
+    let part =
+        find_part(message, &["delivery-status", "global-delivery-status"]).ok_or_else(|| {
             ParseError::Malformed(
                 "multipart/report of type delivery-status without a message/delivery-status part"
                     .into(),
             )
-        },
-    )?;
+        })?;
     let body = String::from_utf8_lossy(part);
     let blocks = field_blocks(&body);
     let per_message = blocks.first().filter(|b| !b.iter().any(is_recipient_field));
@@ -220,14 +221,19 @@ fn dsn(message: &Message<'_>, base: Finding) -> Result<Vec<Finding>, ParseError>
             .filter(|a| a.contains('@'));
         let status = field(block, "status").and_then(status_code);
         let diagnostic = field(block, "diagnostic-code").map(|d| strip_type(d).to_string());
-        let action = field(block, "action").unwrap_or("").trim().to_ascii_lowercase();
+        let action = field(block, "action")
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let class = status.as_deref().and_then(|s| s.chars().next());
         let kind = match action.as_str() {
             "failed" => match class {
                 Some('4') => Kind::Soft,
                 _ => Kind::Hard,
             },
-            "delayed" => Kind::Ignored("delivery delayed (Action: delayed): still being tried".into()),
+            "delayed" => {
+                Kind::Ignored("delivery delayed (Action: delayed): still being tried".into())
+            }
             "delivered" | "relayed" | "expanded" => {
                 Kind::Ignored(format!("a success notice (Action: {action})"))
             }
@@ -322,9 +328,14 @@ fn text_bounce(message: &Message<'_>, text: &str, base: &Finding) -> Option<Vec<
         .unwrap_or("")
         .to_ascii_lowercase();
     let subject = message.subject().unwrap_or("").to_ascii_lowercase();
-    let daemon = ["mailer-daemon", "postmaster", "mail delivery", "microsoftexchange"]
-        .iter()
-        .any(|d| from.contains(d))
+    let daemon = [
+        "mailer-daemon",
+        "postmaster",
+        "mail delivery",
+        "microsoftexchange",
+    ]
+    .iter()
+    .any(|d| from.contains(d))
         || message.header_raw("X-Failed-Recipients").is_some();
     let bounce_subject = [
         "undeliverable",
@@ -349,7 +360,7 @@ fn text_bounce(message: &Message<'_>, text: &str, base: &Finding) -> Option<Vec<
     };
     let failed_header: Vec<String> = message
         .header_raw("X-Failed-Recipients")
-        .map(|v| addresses_in(v))
+        .map(addresses_in)
         .unwrap_or_default();
 
     let (format, recipients, kind_hint) = if lower.contains("this is the qmail-send program") {
@@ -455,7 +466,9 @@ fn gmail_recipients(text: &str) -> Vec<String> {
         }
         for marker in ["delivered to ", "wasn\u{2019}t delivered to "] {
             if let Some(i) = lower.find(marker)
-                && (lower.contains("wasn't") || lower.contains("wasn\u{2019}t") || lower.contains("not delivered"))
+                && (lower.contains("wasn't")
+                    || lower.contains("wasn\u{2019}t")
+                    || lower.contains("not delivered"))
             {
                 let rest = &l[i + marker.len()..];
                 out.extend(addresses_in(rest.split_whitespace().next().unwrap_or("")));
@@ -528,7 +541,10 @@ fn auto_reply(message: &Message<'_>, text: &str) -> Option<String> {
         }
     }
     if let Some(p) = raw("Precedence")
-        && matches!(p.to_ascii_lowercase().as_str(), "auto_reply" | "bulk" | "junk" | "list")
+        && matches!(
+            p.to_ascii_lowercase().as_str(),
+            "auto_reply" | "bulk" | "junk" | "list"
+        )
     {
         return Some(format!("an automatic reply (Precedence: {p})"));
     }
@@ -646,7 +662,11 @@ fn envelope_tag(message: &Message<'_>, options: &ParseOptions) -> Option<String>
         "To",
         "Cc",
     ] {
-        for h in message.headers().iter().filter(|h| h.name().eq_ignore_ascii_case(name)) {
+        for h in message
+            .headers()
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+        {
             let raw = &message.raw_message()[h.offset_start() as usize..h.offset_end() as usize];
             let value = String::from_utf8_lossy(raw);
             if let Some(tag) = tag_in(&value, bounce) {
@@ -681,7 +701,13 @@ fn looks_like_tag(tag: &str) -> bool {
 /// and trailing punctuation stripped).
 fn addresses_in(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for word in text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | ',' | ';' | '(' | ')' | '"' | '\'' | '[' | ']')) {
+    for word in text.split(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '<' | '>' | ',' | ';' | '(' | ')' | '"' | '\'' | '[' | ']'
+            )
+    }) {
         let w = word.strip_prefix("mailto:").unwrap_or(word);
         let w = w.trim_matches(|c: char| matches!(c, '.' | ':' | '!' | '?'));
         let Some((local, domain)) = w.rsplit_once('@') else {
@@ -766,7 +792,9 @@ fn status_code(text: &str) -> Option<String> {
                 && matches!(parts[0], "2" | "4" | "5")
                 && (1..=3).contains(&parts[1].len())
                 && (1..=3).contains(&parts[2].len())
-                && parts[1..].iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+                && parts[1..]
+                    .iter()
+                    .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(str::to_string)
 }
@@ -783,7 +811,10 @@ fn status_in(text: &str) -> Option<String> {
     }
     text.split_whitespace().find_map(|w| {
         let w = w.trim_matches(|c: char| !c.is_ascii_digit());
-        (w.len() == 3 && (w.starts_with('4') || w.starts_with('5')) && w.bytes().all(|b| b.is_ascii_digit()) && w.as_bytes()[1] <= b'5')
+        (w.len() == 3
+            && (w.starts_with('4') || w.starts_with('5'))
+            && w.bytes().all(|b| b.is_ascii_digit())
+            && w.as_bytes()[1] <= b'5')
             .then(|| format!("{}.0.0", &w[..1]))
     })
 }
@@ -796,8 +827,8 @@ fn diagnostic_line(text: &str, status: Option<&str>) -> Option<String> {
         .map(str::trim)
         .find(|l| l.contains(status) && !l.is_empty())
         .or_else(|| {
-            let code = format!("{}", &status[..1]);
-            text.lines().map(str::trim).find(|l| l.starts_with(&code))
+            let code = &status[..1];
+            text.lines().map(str::trim).find(|l| l.starts_with(code))
         })?;
     let mut l = line.to_string();
     if l.len() > 300 {
@@ -833,10 +864,16 @@ mod tests {
     #[test]
     fn status_codes() {
         assert_eq!(status_code("5.1.1"), Some("5.1.1".into()));
-        assert_eq!(status_code("smtp; 550 5.1.1 <a@b>: no"), Some("5.1.1".into()));
+        assert_eq!(
+            status_code("smtp; 550 5.1.1 <a@b>: no"),
+            Some("5.1.1".into())
+        );
         assert_eq!(status_code("4.2.2 (mailbox full)"), Some("4.2.2".into()));
         assert_eq!(status_code("1.2.3.4"), None);
-        assert_eq!(status_in("Sorry, no mailbox here by that name. (#5.1.1)"), Some("5.1.1".into()));
+        assert_eq!(
+            status_in("Sorry, no mailbox here by that name. (#5.1.1)"),
+            Some("5.1.1".into())
+        );
         assert_eq!(status_in("said: 550 user unknown"), Some("5.0.0".into()));
     }
 
@@ -851,9 +888,14 @@ mod tests {
 
     #[test]
     fn folded_fields() {
-        let b = field_blocks("Reporting-MTA: dns; a\n\nFinal-Recipient: rfc822; x@y.z\nDiagnostic-Code: smtp; 550\n  5.1.1 gone\n");
+        let b = field_blocks(
+            "Reporting-MTA: dns; a\n\nFinal-Recipient: rfc822; x@y.z\nDiagnostic-Code: smtp; 550\n  5.1.1 gone\n",
+        );
         assert_eq!(b.len(), 2);
-        assert_eq!(field(&b[1], "diagnostic-code"), Some("smtp; 550 5.1.1 gone"));
+        assert_eq!(
+            field(&b[1], "diagnostic-code"),
+            Some("smtp; 550 5.1.1 gone")
+        );
     }
 
     #[test]
@@ -861,6 +903,9 @@ mod tests {
         for raw in [&b""[..], b"\x00\x01\x02", b"\n\n\n", &[0xff; 100]] {
             let _ = parse(raw, &ParseOptions::default());
         }
-        assert_eq!(parse(b"", &ParseOptions::default()), Err(ParseError::NotAMessage));
+        assert_eq!(
+            parse(b"", &ParseOptions::default()),
+            Err(ParseError::NotAMessage)
+        );
     }
 }

@@ -58,7 +58,8 @@ pub fn messages(
     }
     let mut file = File::open(path).map_err(|e| SourceError::io(path, "cannot open", e))?;
     let mut head = [0u8; 5];
-    let n = read_up_to(&mut file, &mut head).map_err(|e| SourceError::io(path, "cannot read", e))?;
+    let n =
+        read_up_to(&mut file, &mut head).map_err(|e| SourceError::io(path, "cannot read", e))?;
     let file = File::open(path).map_err(|e| SourceError::io(path, "cannot open", e))?;
     if &head[..n] == b"From " {
         return Ok(Box::new(Mbox::new(path, file)));
@@ -249,7 +250,10 @@ mod tests {
             "Subject: one\n\nbody\nFrom here\n>From there\nFrom inside a paragraph stays\n"
         );
         assert_eq!(m[1].origin, format!("{}:9", p.display()));
-        assert_eq!(String::from_utf8_lossy(&m[1].bytes), "Subject: two\n\nsecond\n");
+        assert_eq!(
+            String::from_utf8_lossy(&m[1].bytes),
+            "Subject: two\n\nsecond\n"
+        );
     }
 
     #[test]
@@ -266,6 +270,9 @@ mod tests {
         assert_eq!(all(&one).len(), 1);
         let missing = dir.path().join("nope.eml");
         let err = messages(&missing).err().unwrap().to_string();
-        assert!(err.starts_with(&format!("{}: cannot read: ", missing.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}: cannot read: ", missing.display())),
+            "{err}"
+        );
     }
 }

@@ -208,9 +208,9 @@ impl BounceAddress {
     /// (the caller adds the config key).
     pub fn parse(address: &str) -> Result<BounceAddress, String> {
         let a = address.trim();
-        let (local, domain) = a
-            .rsplit_once('@')
-            .ok_or_else(|| format!("`{a}` is not an address: write e.g. bounces@news.example.org"))?;
+        let (local, domain) = a.rsplit_once('@').ok_or_else(|| {
+            format!("`{a}` is not an address: write e.g. bounces@news.example.org")
+        })?;
         if local.is_empty() || domain.is_empty() || domain.contains(['@', ' ', '<', '>']) {
             return Err(format!(
                 "`{a}` is not an address: write e.g. bounces@news.example.org"
@@ -338,7 +338,14 @@ mod tests {
     #[test]
     fn round_trip_and_case() {
         let v = Verp::new(b"0123456789abcdef-secret");
-        for campaign in [None, Some(1), Some(127), Some(128), Some(40_000), Some(i64::MAX)] {
+        for campaign in [
+            None,
+            Some(1),
+            Some(127),
+            Some(128),
+            Some(40_000),
+            Some(i64::MAX),
+        ] {
             let tag = v.encode_for(campaign, " Ana@Example.org");
             assert!(tag.len() <= MAX_TAG_LEN, "{tag}");
             assert!(tag.bytes().all(|b| ALPHABET.contains(&b)), "{tag}");
@@ -372,7 +379,10 @@ mod tests {
             assert!(v.verify(&t).is_err(), "{t}");
         }
         assert!(matches!(v.verify(""), Err(VerpError::Garbled(_))));
-        assert!(matches!(v.verify("hello-world"), Err(VerpError::Garbled(_))));
+        assert!(matches!(
+            v.verify("hello-world"),
+            Err(VerpError::Garbled(_))
+        ));
         assert!(matches!(v.verify(&tag[..20]), Err(VerpError::Garbled(_))));
         assert!(matches!(
             v.verify(&format!("{tag}aaaaaaaaaaaaaaaaaaaa")),

@@ -416,7 +416,10 @@ mod tests {
         assert!(d.recipient.matches("ana@example.org"));
         // Without the key, the envelope sender is the From address.
         let plain = factory("Hi").build_for(&r, Some(42)).unwrap();
-        assert_eq!(plain.envelope.from().unwrap().to_string(), "news@example.org");
+        assert_eq!(
+            plain.envelope.from().unwrap().to_string(),
+            "news@example.org"
+        );
     }
 
     #[test]

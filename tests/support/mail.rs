@@ -42,7 +42,13 @@ fn run_ok(cmd: &mut Command, what: &str) {
 /// A private CA and a server certificate for 127.0.0.1 and localhost:
 /// `ca.crt`, `server.crt`, `server.key` in `dir`.
 pub fn make_ca(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run_ok(
         Command::new("openssl")
             .current_dir(dir)
@@ -298,7 +304,10 @@ impl Sink {
             .unwrap();
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "smtp-sink did not listen");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "smtp-sink did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Sink { child, port }
@@ -339,7 +348,10 @@ impl Postfix {
         for d in ["queue", "data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        let _ = Command::new("chown").args(["postfix"]).arg(dir.join("data")).status();
+        let _ = Command::new("chown")
+            .args(["postfix"])
+            .arg(dir.join("data"))
+            .status();
         let port = free_port();
         let d = dir.display();
         let base = maildir.parent().unwrap();
@@ -386,7 +398,11 @@ biff = no
             .map(|(domain, p)| format!("{domain} smtp:[127.0.0.1]:{p}\n"))
             .collect();
         std::fs::write(dir.join("transport"), transport).unwrap();
-        std::fs::write(dir.join("vmailbox"), format!("{virtual_address} {mailbox}/\n")).unwrap();
+        std::fs::write(
+            dir.join("vmailbox"),
+            format!("{virtual_address} {mailbox}/\n"),
+        )
+        .unwrap();
         std::fs::write(
             dir.join("master.cf"),
             format!(
