@@ -115,6 +115,10 @@ fn fixtures_say_what_they_should() {
             "gmail-new.eml",
             &["hard 5.1.1 bo@example.net campaign=7 verp dsn/gmail"],
         ),
+        (
+            "gmail-delayed.eml",
+            &["ignored - cy@example.com campaign=7 verp dsn/gmail"],
+        ),
         // Mailed by a real Postfix 3.7 (see real_postfix_dsn_to_dovecot).
         (
             "postfix-real.eml",
@@ -317,7 +321,7 @@ fn import_dry_run_prints_each_finding_and_reports_unreadable_ones() {
     assert!(stderr.lines().any(|l| l == malformed), "{stderr}");
     assert!(
         stderr.contains(
-            "16 messages: 8 hard, 1 soft, 1 complaints, 4 ignored, 1 refused, 2 unreadable in "
+            "17 messages: 8 hard, 1 soft, 1 complaints, 5 ignored, 1 refused, 2 unreadable in "
         ),
         "{stderr}"
     );
@@ -521,6 +525,34 @@ fn imap_fetch_moves_what_it_processed() {
         .unwrap();
     assert_eq!((stats.unseen, stats.moved), (1, 1));
     assert_eq!(server.count(Some("Processed")), 4);
+}
+
+#[test]
+#[ignore = "needs Dovecot and openssl: run scripts/test.sh"]
+fn without_move_messages_are_flagged_seen() {
+    let dir = support::scratch_dir("bounces-imap-no-move");
+    // The capabilities Dovecot announces, without MOVE.
+    let server = support::mail::Dovecot::start_with(
+        &dir,
+        &["Processed"],
+        "imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE UIDPLUS",
+    );
+    server.deliver(None, "hard.eml", &fixture("dsn-hard.eml"));
+    let settings = imap_config(
+        &format!("imaps://127.0.0.1:{}/INBOX", server.imaps_port),
+        Some(&dir.join("ca.crt")),
+        support::mail::PASSWORD,
+    );
+    let rt = rt();
+    let stats = rt
+        .block_on(imap::fetch(&settings, false, &mut Recorder::default()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!((stats.unseen, stats.moved, stats.flagged), (1, 0, 1));
+    assert_eq!(server.count(None), 1);
+    let stats = rt
+        .block_on(imap::fetch(&settings, false, &mut Recorder::default()))
+        .unwrap();
+    assert_eq!(stats.unseen, 0);
 }
 
 #[test]

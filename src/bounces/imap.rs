@@ -275,7 +275,7 @@ async fn open(s: &ImapSettings) -> Result<(Session, bool), ImapError> {
         Security::Tls => tcp,
         Security::StartTls => {
             let mut client = async_imap::Client::new(tcp);
-            greeting(&mut client, host).await?;
+            greeting(&mut client, host, url.port).await?;
             within(
                 host,
                 "STARTTLS",
@@ -309,7 +309,7 @@ async fn open(s: &ImapSettings) -> Result<(Session, bool), ImapError> {
     })?;
     let mut client = async_imap::Client::new(tls);
     if url.security == Security::Tls {
-        greeting(&mut client, host).await?;
+        greeting(&mut client, host, url.port).await?;
     }
     let mut session =
         match tokio::time::timeout(TIMEOUT, client.login(&s.username, s.password.expose())).await {
@@ -350,7 +350,11 @@ async fn open(s: &ImapSettings) -> Result<(Session, bool), ImapError> {
     Ok((session, can_move))
 }
 
-async fn greeting<T>(client: &mut async_imap::Client<T>, host: &str) -> Result<(), ImapError>
+async fn greeting<T>(
+    client: &mut async_imap::Client<T>,
+    host: &str,
+    port: u16,
+) -> Result<(), ImapError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
 {
@@ -358,17 +362,17 @@ where
         Ok(Ok(Some(_))) => Ok(()),
         Ok(Ok(None)) => Err(ImapError::Connect {
             host: host.to_string(),
-            port: 0,
+            port,
             message: "the server closed the connection before its greeting".into(),
         }),
         Ok(Err(e)) => Err(ImapError::Connect {
             host: host.to_string(),
-            port: 0,
+            port,
             message: format!("no greeting: {e}"),
         }),
         Err(_) => Err(ImapError::Connect {
             host: host.to_string(),
-            port: 0,
+            port,
             message: format!(
                 "no greeting within {} s (TLS on a STARTTLS port, or the reverse?)",
                 TIMEOUT.as_secs()

@@ -363,34 +363,31 @@ fn text_bounce(message: &Message<'_>, text: &str, base: &Finding) -> Option<Vec<
         .map(addresses_in)
         .unwrap_or_default();
 
-    let (format, recipients, kind_hint) = if lower.contains("this is the qmail-send program") {
-        let permanent = lower.contains("permanent error");
-        let recipients = qmail_recipients(text);
-        let hint = if permanent {
-            None
-        } else if lower.contains("temporary") || lower.contains("still trying") {
-            Some(false)
-        } else {
-            None
-        };
-        ("qmail", recipients, hint)
+    // A warning that the server still tries is no bounce (yet).
+    let delayed = !lower.contains("permanent")
+        && [
+            "has been delayed",
+            "will retry",
+            "still trying",
+            "will continue trying",
+            "temporary error",
+        ]
+        .iter()
+        .any(|p| lower.contains(p));
+    let (format, recipients) = if lower.contains("this is the qmail-send program") {
+        ("qmail", qmail_recipients(text))
     } else if lower.contains("delivery to the following recipient failed permanently")
         || lower.contains("delivery to the following recipient has been delayed")
         || lower.contains("message wasn't delivered to")
         || lower.contains("message wasn\u{2019}t delivered to")
         || lower.contains("message was not delivered to")
     {
-        let delayed = lower.contains("has been delayed") || lower.contains("will retry");
-        (
-            "gmail",
-            gmail_recipients(text),
-            if delayed { Some(false) } else { None },
-        )
+        ("gmail", gmail_recipients(text))
     } else if lower.contains("delivery has failed to these recipients")
         || lower.contains("your message to") && lower.contains("couldn't be delivered")
         || lower.contains("remote server returned")
     {
-        ("exchange", exchange_recipients(text), None)
+        ("exchange", exchange_recipients(text))
     } else if daemon
         && (lower.contains("could not be delivered")
             || lower.contains("undeliverable")
@@ -398,7 +395,7 @@ fn text_bounce(message: &Message<'_>, text: &str, base: &Finding) -> Option<Vec<
             || lower.contains("permanent error")
             || lower.contains("user unknown"))
     {
-        ("text", Vec::new(), None)
+        ("text", Vec::new())
     } else {
         return None;
     };
@@ -412,7 +409,7 @@ fn text_bounce(message: &Message<'_>, text: &str, base: &Finding) -> Option<Vec<
         .collect();
     let status = status_in(text);
     let diagnostic = diagnostic_line(text, status.as_deref());
-    let kind = if kind_hint == Some(false) {
+    let kind = if delayed {
         Kind::Ignored("delivery delayed: the server is still trying".into())
     } else {
         match status.as_deref().and_then(|s| s.chars().next()) {

@@ -110,6 +110,11 @@ impl Dovecot {
     /// Starts Dovecot in `dir` (config, certificates, mail, log), with one
     /// user [`USER`] / [`PASSWORD`] and folders INBOX and `extra_folders`.
     pub fn start(dir: &Path, extra_folders: &[&str]) -> Dovecot {
+        Dovecot::start_with(dir, extra_folders, "")
+    }
+
+    /// [`Dovecot::start`] with more lines for its config file.
+    pub fn start_with(dir: &Path, extra_folders: &[&str], extra_conf: &str) -> Dovecot {
         let dovecot = super::require_env(ENV_DOVECOT, "Dovecot (Debian's dovecot-imapd)");
         make_ca(dir);
         let (uid, gid) = mail_ids();
@@ -179,6 +184,7 @@ service anvil {{
 service imap-login {{
   chroot =
 }}
+{extra_conf}
 "#,
             maildir = maildir.display()
         );
