@@ -4,8 +4,10 @@
 #   scripts/test.sh [test-name filter and other arguments for the test binaries]
 #
 # 1. Installs what is missing (needs root, or sudo): from Debian's packages
-#    PostgreSQL, Postfix (only for its smtp-sink/smtp-source tools; the mail
-#    daemon is never started), Chromium, Python's aiosmtpd and dkimpy (the
+#    PostgreSQL, Postfix (its smtp-sink/smtp-source tools, and a throwaway
+#    relay of its own config folder for the bounce test; the system's mail
+#    daemon is never started), Dovecot's IMAP server (throwaway instances
+#    on loopback for the bounce tests), Chromium, Python's aiosmtpd and dkimpy (the
 #    outside DKIM verifier), openssl (makes the DKIM test keys), Node.js + npm
 #    and /usr/bin/time; then the reference MJML compiler with `npm ci` into
 #    bench/node_modules (git-ignored, pinned by bench/package-lock.json).
@@ -127,6 +129,8 @@ phase "system packages"
 missing=()
 [ -n "$(postgres_bin)" ] || missing+=(postgresql)
 [ -n "$(smtp_tool smtp-sink)" ] && [ -n "$(smtp_tool smtp-source)" ] || missing+=(postfix)
+# The bounce tests start their own Dovecot (tests/support/mail.rs).
+[ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # Chromium's recommended fonts, metric-compatible with Arial/Helvetica that
 # the templates ask for: layout and screenshots as in a mail client.
@@ -142,7 +146,7 @@ fi
 [ -x /usr/bin/time ] || missing+=(time)
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "all present: PostgreSQL, smtp-sink/smtp-source, Chromium, aiosmtpd, dkimpy, openssl, Node.js, npm, time"
+	echo "all present: PostgreSQL, smtp-sink/smtp-source, Dovecot, Chromium, aiosmtpd, dkimpy, openssl, Node.js, npm, time"
 else
 	echo "installing with apt: ${missing[*]}"
 	command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${missing[*]} yourself"
@@ -180,6 +184,8 @@ SMTP_SOURCE=$(smtp_tool smtp-source)
 [ -n "$SMTP_SINK" ] || die "smtp-sink not found after installing postfix"
 [ -n "$SMTP_SOURCE" ] || die "smtp-source not found after installing postfix"
 [ -x /usr/bin/chromium ] || die "/usr/bin/chromium not found after installing chromium"
+[ -x /usr/sbin/dovecot ] || die "/usr/sbin/dovecot not found after installing dovecot-imapd"
+[ -x /usr/sbin/postfix ] || die "/usr/sbin/postfix not found after installing postfix"
 command -v node >/dev/null 2>&1 || die "node not found after installing nodejs"
 command -v npm >/dev/null 2>&1 || die "npm not found after installing npm"
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || die "/usr/bin/python3 cannot import aiosmtpd after installing python3-aiosmtpd"
@@ -245,6 +251,10 @@ export TIDINGS_TEST_CHROMIUM=/usr/bin/chromium
 export TIDINGS_TEST_MJML_DIR=$ROOT/bench
 export TIDINGS_TEST_SMTP_SINK=$SMTP_SINK
 export TIDINGS_TEST_SMTP_SOURCE=$SMTP_SOURCE
+# Bounce tests: a throwaway Dovecot (IMAP, TLS from a private CA made with
+# openssl) and a throwaway Postfix relay, each from its own config folder.
+export TIDINGS_TEST_DOVECOT=/usr/sbin/dovecot
+export TIDINGS_TEST_POSTFIX=/usr/sbin/postfix
 # Debian's Python, which has aiosmtpd and dkimpy (a python3 earlier in PATH may not).
 export TIDINGS_TEST_PYTHON=/usr/bin/python3
 printf '\n'

@@ -62,7 +62,7 @@ pub enum Command {
     Status(send::StatusArgs),
     /// Manage the subscriber list: import, add, unsubscribe, remove, list, export, stats
     Subscribers(crate::cli::subscribers::SubscribersArgs),
-    /// Bounces and complaints that came back after the relay accepted: list
+    /// Bounces and complaints that came back after the relay accepted: fetch the bounce mailbox over IMAP, import files, list what was learned
     Bounces(crate::cli::bounces::BouncesArgs),
     /// Run the web service for unsubscribe links (RFC 8058 one-click) and the issues in the browser
     Serve(serve::ServeArgs),

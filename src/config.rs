@@ -16,8 +16,11 @@ pub const ENV_SMTP_PASSWORD: &str = "TIDINGS_SMTP_PASSWORD";
 pub const ENV_UNSUBSCRIBE_SECRET: &str = "TIDINGS_UNSUBSCRIBE_SECRET";
 pub const ENV_DATABASE_URL: &str = "TIDINGS_DATABASE_URL";
 pub const ENV_DKIM_PRIVATE_KEY: &str = "TIDINGS_DKIM_PRIVATE_KEY";
+/// The bounce mailbox's IMAP password (`bounces.imap_url`).
+pub const ENV_BOUNCES_PASSWORD: &str = "TIDINGS_BOUNCES_PASSWORD";
 const ENV_NOT_KEYS: &[&str] = &[
     ENV_SMTP_PASSWORD,
+    ENV_BOUNCES_PASSWORD,
     ENV_UNSUBSCRIBE_SECRET,
     ENV_DATABASE_URL,
     ENV_DKIM_PRIVATE_KEY,
@@ -41,6 +44,8 @@ pub struct Config {
     pub send: SendSettings,
     #[serde(default)]
     pub dkim: Dkim,
+    #[serde(default)]
+    pub bounces: Bounces,
     /// Secrets from the environment; never read from or written to a file.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -61,6 +66,7 @@ impl Default for Config {
             smtp: Smtp::default(),
             send: SendSettings::default(),
             dkim: Dkim::default(),
+            bounces: Bounces::default(),
             secrets: Secrets::default(),
             origin: None,
         }
@@ -267,6 +273,42 @@ impl Dkim {
     }
 }
 
+/// Bounces and complaints that arrive by mail (issue 12): the VERP
+/// envelope sender and the mailbox they are fetched from. The IMAP password
+/// comes only from `TIDINGS_BOUNCES_PASSWORD`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bounces {
+    /// Envelope sender (Return-Path) base, e.g. `bounces@news.example.org`:
+    /// when set, each message goes out from `bounces+<tag>@…`.
+    pub address: String,
+    /// `imaps://host[:port]/FOLDER` (TLS) or `imap://host[:port]/FOLDER`
+    /// (STARTTLS, required); the folder defaults to INBOX.
+    pub imap_url: String,
+    pub username: String,
+    /// Where processed reports are moved (created when missing).
+    pub processed_folder: String,
+    /// Soft bounces within the last 5 sends before the address is suppressed.
+    #[serde(deserialize_with = "lenient")]
+    pub soft_limit: u32,
+    /// PEM file of a private CA for the IMAP server's certificate, trusted
+    /// besides the public roots (as `smtp.ca_file`).
+    pub ca_file: String,
+}
+
+impl Default for Bounces {
+    fn default() -> Self {
+        Bounces {
+            address: String::new(),
+            imap_url: String::new(),
+            username: String::new(),
+            processed_folder: "Processed".into(),
+            soft_limit: 3,
+            ca_file: String::new(),
+        }
+    }
+}
+
 /// A steady sending rate: `count` messages per `per`; a count of 0 is
 /// "unlimited" (benchmarks, a relay that does its own pacing).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -438,6 +480,7 @@ pub struct Secrets {
     pub smtp_password: Option<Secret>,
     pub unsubscribe_secret: Option<Secret>,
     pub dkim_private_key: Option<Secret>,
+    pub bounces_password: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -490,6 +533,7 @@ impl Config {
                 ENV_SMTP_PASSWORD => secrets.smtp_password = Some(Secret(value)),
                 ENV_UNSUBSCRIBE_SECRET => secrets.unsubscribe_secret = Some(Secret(value)),
                 ENV_DKIM_PRIVATE_KEY => secrets.dkim_private_key = Some(Secret(value)),
+                ENV_BOUNCES_PASSWORD => secrets.bounces_password = Some(Secret(value)),
                 ENV_DATABASE_URL | "TIDINGS_DATABASE" => {
                     table.insert("database".into(), toml::Value::String(value));
                     overridden.push(var.clone());
@@ -602,6 +646,7 @@ impl Config {
                 url.trim()
             )));
         }
+        self.bounces.validate().map_err(err)?;
         let colour = &self.newsletter.accent_color;
         if !valid_css_colour(colour) {
             return Err(err(format!(
@@ -646,7 +691,45 @@ pub fn sender_domain(from: &str) -> Option<&str> {
         .filter(|d| !d.is_empty())
 }
 
-const SECTIONS: &[&str] = &["newsletter", "smtp", "send", "dkim"];
+const SECTIONS: &[&str] = &["newsletter", "smtp", "send", "dkim", "bounces"];
+
+impl Bounces {
+    /// Each problem names its key.
+    fn validate(&self) -> Result<(), String> {
+        if !self.address.trim().is_empty() {
+            crate::bounces::verp::BounceAddress::parse(&self.address)
+                .map_err(|e| format!("bounces.address {e}"))?;
+        }
+        if self.soft_limit == 0 {
+            return Err(
+                "bounces.soft_limit must be at least 1 (soft bounces within the last 5 sends)"
+                    .into(),
+            );
+        }
+        if !self.imap_url.trim().is_empty() {
+            let url = crate::bounces::imap::ImapUrl::parse(&self.imap_url)
+                .map_err(|e| format!("bounces.imap_url {e}"))?;
+            let processed = self.processed_folder.trim();
+            if processed.is_empty() {
+                return Err(
+                    "bounces.processed_folder is empty: name the folder processed reports move to, e.g. \"Processed\""
+                        .into(),
+                );
+            }
+            if processed == url.folder {
+                return Err(format!(
+                    "bounces.processed_folder `{processed}` is the folder bounces.imap_url reads: use another one, e.g. \"Processed\""
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bounce address split for tagging, when set.
+    pub fn bounce_address(&self) -> Option<crate::bounces::verp::BounceAddress> {
+        crate::bounces::verp::BounceAddress::parse(&self.address).ok()
+    }
+}
 
 /// `SMTP_ALLOW_INSECURE` -> ("smtp", "allow_insecure").
 fn env_key(rest: &str) -> Option<(&'static str, String)> {
@@ -668,7 +751,15 @@ fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
         message = message.replacen("unknown field", "unknown key", 1);
         message.push_str("; check the spelling or remove it");
     }
-    if message.contains("password") {
+    let in_bounces = e
+        .span()
+        .and_then(|s| key_at(text, s.start))
+        .is_some_and(|k| k.starts_with("bounces."));
+    if message.contains("password") && in_bounces {
+        message.push_str(&format!(
+            "; the IMAP password is never read from the file: set {ENV_BOUNCES_PASSWORD}"
+        ));
+    } else if message.contains("password") {
         message.push_str(&format!(
             "; the SMTP password is never read from the file: set {ENV_SMTP_PASSWORD}"
         ));

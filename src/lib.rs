@@ -14,6 +14,7 @@
 //! `cli`, and only `store` speaks SQL.
 
 pub mod address;
+pub mod bounces;
 pub mod cli;
 pub mod config;
 pub mod content;

@@ -13,6 +13,7 @@ use super::mime::{EncodedPart, header_line};
 use super::unsubscribe::Signer;
 use super::{DeliverError, Outgoing};
 use crate::address::EmailAddress;
+use crate::bounces::verp::{BounceAddress, Verp};
 use crate::config::Config;
 use crate::render::RenderedIssue;
 use crate::render::personalise::{Escape, header_safe};
@@ -36,6 +37,9 @@ pub struct MessageFactory {
     /// The subject when it has no subscriber fields, encoded once.
     fixed_subject: Option<String>,
     boundary: String,
+    /// `bounces.address` and the tag keys: each message's envelope sender
+    /// is then `local+<tag>@domain` (VERP, see `bounces::verp`).
+    verp: Option<(BounceAddress, Verp)>,
 }
 
 /// Why one recipient's message could not be built. The recipient is
@@ -119,7 +123,12 @@ impl MessageFactory {
                     .render(&crate::render::personalise::Generic, Escape::Header),
             ))
         });
+        let verp = config
+            .bounces
+            .bounce_address()
+            .map(|a| (a, Verp::from_signer(&signer)));
         Ok(MessageFactory {
+            verp,
             text: EncodedPart::new(&issue.text, Escape::Text),
             html: EncodedPart::new(&issue.html, Escape::Html),
             issue,
@@ -144,11 +153,42 @@ impl MessageFactory {
         &self.issue
     }
 
-    /// The message for one recipient.
+    /// The message for one recipient, outside a campaign.
     pub fn build(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
-        if self.dkim.is_some() {
-            return self.build_with_lettre(r);
+        self.build_for(r, None)
+    }
+
+    /// The message for one recipient of `campaign` (named in the VERP
+    /// envelope sender when `bounces.address` is set).
+    pub fn build_for(&self, r: &Recipient, campaign: Option<i64>) -> Result<Outgoing, BuildError> {
+        let mut out = if self.dkim.is_some() {
+            self.build_with_lettre(r)?
+        } else {
+            self.build_plain(r)?
+        };
+        if let Some(sender) = self.envelope_sender(r, campaign)? {
+            out.envelope = Envelope::new(Some(sender), out.envelope.to().to_vec())
+                .map_err(|e| BuildError::Message(e.to_string()))?;
         }
+        Ok(out)
+    }
+
+    /// `bounces+<tag>@domain` when VERP is on.
+    fn envelope_sender(
+        &self,
+        r: &Recipient,
+        campaign: Option<i64>,
+    ) -> Result<Option<Address>, BuildError> {
+        let Some((address, verp)) = &self.verp else {
+            return Ok(None);
+        };
+        let tagged = address.with_tag(&verp.encode_for(campaign, &r.email));
+        tagged.parse::<Address>().map(Some).map_err(|e| {
+            BuildError::Message(format!("VERP envelope sender `{tagged}` is invalid: {e}"))
+        })
+    }
+
+    fn build_plain(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
         let address = parse_address(&r.email)?.wire().clone();
         let unsubscribe_url = self.signer.url(&self.issue.slug, &r.email);
         let fields = RecipientFields::new(r, &unsubscribe_url);
@@ -354,6 +394,32 @@ mod tests {
         r.last_name = "Ørsted <b>".into();
         r.attributes.insert("city".into(), "Zürich".into());
         r
+    }
+
+    #[test]
+    fn verp_envelope_sender_names_campaign_and_recipient() {
+        let config = Config::parse(
+            &format!("{CONFIG}[bounces]\naddress = \"bounces@news.example.org\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let f = factory_with(config, "Hi");
+        let r = Recipient::new("Ana@example.org");
+        let m = f.build_for(&r, Some(42)).unwrap();
+        let sender = m.envelope.from().unwrap().to_string();
+        let tag = sender
+            .strip_prefix("bounces+")
+            .and_then(|s| s.strip_suffix("@news.example.org"))
+            .unwrap_or_else(|| panic!("{sender}"));
+        let d = Verp::from_signer(f.signer()).verify(tag).unwrap();
+        assert_eq!(d.campaign, Some(42));
+        assert!(d.recipient.matches("ana@example.org"));
+        // Without the key, the envelope sender is the From address.
+        let plain = factory("Hi").build_for(&r, Some(42)).unwrap();
+        assert_eq!(
+            plain.envelope.from().unwrap().to_string(),
+            "news@example.org"
+        );
     }
 
     #[test]

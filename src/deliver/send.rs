@@ -48,6 +48,11 @@ pub trait Queue: Send + Sync + 'static {
     fn shares_rate(&self) -> bool {
         false
     }
+    /// The campaign being sent, named in VERP envelope senders (issue 12);
+    /// `None` outside a journal (`--to`, a list in memory).
+    fn campaign_id(&self) -> Option<i64> {
+        None
+    }
     /// Reserves `k` send slots `interval` apart from the shared schedule;
     /// returns how long until the first (see `Journal::reserve_slots`).
     fn reserve_slots(
@@ -60,6 +65,9 @@ pub trait Queue: Send + Sync + 'static {
 }
 
 impl Queue for Journal {
+    fn campaign_id(&self) -> Option<i64> {
+        Some(self.campaign().id)
+    }
     async fn claim(&self, n: usize) -> Result<Vec<Job>, StoreError> {
         Journal::claim(self, n).await
     }
@@ -599,6 +607,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
     let mut released: Vec<String> = Vec::new();
     let mut waiting_noted = false;
     stats.paced = opts.rate.is_some_and(|r| !r.is_unlimited());
+    let campaign = queue.campaign_id();
 
     loop {
         if writer.is_finished() {
@@ -665,7 +674,7 @@ pub async fn run<Q: Queue, T: Transport + 'static>(
                 // and its data goes out; the server gets the end of DATA
                 // only once this is recorded.
                 let wire = shared.committer.on_wire(job.key.clone());
-                let result = match shared.factory.build(&job.recipient) {
+                let result = match shared.factory.build_for(&job.recipient, campaign) {
                     Ok(message) => {
                         let gate = JobGate {
                             committer: &shared.committer,

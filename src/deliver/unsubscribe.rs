@@ -150,6 +150,15 @@ impl Signer {
         }
     }
 
+    /// A key for another use of the same secret (VERP tags, …): the HMAC
+    /// of the secret over `label`, as the v2 keys above are made. Each use
+    /// has its own label, so no two uses ever share a key.
+    pub fn derived_key(&self, label: &[u8]) -> [u8; 32] {
+        let mut m = self.mac.clone();
+        m.update(label);
+        m.finalize().into_bytes().into()
+    }
+
     /// The v1 MAC (tokens in messages sent before v2).
     fn mac_of(&self, issue: &str, hash_b64: &str) -> HmacSha256 {
         let mut mac = self.mac.clone();

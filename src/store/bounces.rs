@@ -266,18 +266,29 @@ impl Store {
         Ok(row.map(|mut r| (r.int(0), r.text(1))))
     }
 
-    /// The address of a campaign's delivery by its position (`seq`), as a
-    /// VERP tag names it.
-    pub async fn delivery_address(
+    /// The address of a campaign's delivery whose address hash starts with
+    /// `hash_prefix` (hex), as a VERP tag names it; `None` when there is no
+    /// such delivery, or it was erased.
+    pub async fn delivery_by_key(
         &self,
         campaign: i64,
-        seq: i64,
+        hash_prefix: &str,
     ) -> Result<Option<String>, StoreError> {
+        if hash_prefix.is_empty() || !hash_prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let prefix = hash_prefix.to_ascii_lowercase();
         let mut tx = Tx::begin(self.driver.as_ref(), false).await?;
+        // A range on the hash index: hex digits sort below 'g'.
         let row = tx
             .one(
-                "SELECT email FROM deliveries WHERE campaign_id = $1 AND seq = $2 AND email <> ''",
-                vec![campaign.into(), seq.into()],
+                "SELECT email FROM deliveries WHERE email_hash >= $1 AND email_hash < $2 \
+                 AND campaign_id = $3 AND email <> '' LIMIT 1",
+                vec![
+                    prefix.clone().into(),
+                    format!("{prefix}g").into(),
+                    campaign.into(),
+                ],
             )
             .await?;
         tx.rollback().await?;

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod mail;
 pub mod smtp;
 
 use std::io::Read;
