@@ -271,6 +271,7 @@ async fn list(store: &Store, since: Span) -> Result<()> {
     for r in &rows {
         let campaign = match (&r.issue, r.campaign) {
             (Some(issue), Some(id)) => format!("{issue} ({id})"),
+            (None, Some(id)) => id.to_string(),
             _ => String::new(),
         };
         out.write_record([

@@ -97,8 +97,9 @@ impl Action {
 /// A row of `tidings bounces list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BounceRow {
-    /// The address, while the store still knows it (a subscriber, or a
-    /// delivery not yet erased); empty after `subscribers remove`.
+    /// The address, while the store knows it (a subscriber, or a journal
+    /// delivery); empty when only its hash is kept (a CSV-only address
+    /// without a journal row, or after `subscribers remove`).
     pub email: String,
     pub kind: Kind,
     pub status: String,
