@@ -641,37 +641,49 @@ impl Journal {
         let mut jobs = Vec::new();
         let mut tx = Tx::begin(self.driver(), true).await?;
         for select in candidates {
-            let want = n - jobs.len();
-            if want == 0 {
-                break;
+            // Skip the blocked among the next candidates, then claim the
+            // next candidates that are not blocked; again while either
+            // found something, since each statement looks at its own next
+            // `want` rows. The rule is in both: no blocked row is handed
+            // out, whatever the order of the two.
+            loop {
+                let want = n - jobs.len();
+                if want == 0 {
+                    break;
+                }
+                // Built only from the constant fragments above.
+                let skipped = tx
+                    .exec(
+                        &format!(
+                            "UPDATE deliveries SET status = 'skipped', last_error = {blocked}
+                             WHERE campaign_id = $1 AND {} AND {blocked} IS NOT NULL",
+                            within(select)
+                        ),
+                        vec![id.into(), now.into(), (want as i64).into()],
+                    )
+                    .await?;
+                let rows = tx
+                    .fetch(
+                        &format!(
+                            "UPDATE deliveries SET status = 'sending', worker = $4, on_wire = 0
+                             WHERE campaign_id = $1 AND {} AND {blocked} IS NULL
+                             RETURNING seq, email_key, email, first_name, last_name, attributes, attempts",
+                            within(select)
+                        ),
+                        vec![
+                            id.into(),
+                            now.into(),
+                            (want as i64).into(),
+                            self.runner.clone().into(),
+                        ],
+                    )
+                    .await?;
+                let got = rows.len();
+                jobs.extend(rows.into_iter().map(job_from_row));
+                if skipped == 0 && got < want {
+                    break;
+                }
             }
-            // Built only from the constant fragments above.
-            tx.exec(
-                &format!(
-                    "UPDATE deliveries SET status = 'skipped', last_error = {blocked}
-                     WHERE campaign_id = $1 AND {} AND {blocked} IS NOT NULL",
-                    within(select)
-                ),
-                vec![id.into(), now.into(), (want as i64).into()],
-            )
-            .await?;
-            let rows = tx
-                .fetch(
-                    &format!(
-                        "UPDATE deliveries SET status = 'sending', worker = $4, on_wire = 0
-                         WHERE campaign_id = $1 AND {}
-                         RETURNING seq, email_key, email, first_name, last_name, attributes, attempts",
-                        within(select)
-                    ),
-                    vec![
-                        id.into(),
-                        now.into(),
-                        (want as i64).into(),
-                        self.runner.clone().into(),
-                    ],
-                )
-                .await?;
-            jobs.extend(rows.into_iter().map(job_from_row));
         }
         tx.commit().await?;
         jobs.sort_by_key(|j| j.seq);

@@ -58,6 +58,7 @@ suite!(
     bulk_import_into_a_non_empty_store,
     who_may_be_mailed,
     bounces_and_complaints,
+    claims_never_hand_out_a_blocked_row,
 );
 
 fn options() -> ImportOptions {
@@ -1255,4 +1256,53 @@ async fn postgres_text_times_become_milliseconds() {
     text_times_become_milliseconds!(pool.clone(), "migrations/postgres");
     pool.close().await;
     crate::common::drop_pg_database(&name).await;
+}
+
+/// A claim skips whoever the rule blocks and hands out only the others,
+/// however the blocked ones are scattered (a CSV audience is checked only
+/// at claim time).
+async fn claims_never_hand_out_a_blocked_row(ctx: &Ctx) {
+    use tidings::store::journal::{Audience, Journal};
+    let s = &ctx.store;
+    let rows: Vec<tidings::subscribers::Recipient> = (0..12)
+        .map(|i| tidings::subscribers::Recipient::new(format!("r{i:02}@example.org")))
+        .collect();
+    let (campaign, _) = Journal::open_or_create(
+        s,
+        "issue-1",
+        &Audience::Csv("list.csv".into()),
+        false,
+        Some(&rows),
+    )
+    .await
+    .unwrap();
+    // Blocked after the campaign was made: every other one from r01.
+    for i in [1, 3, 5, 6, 7, 10] {
+        s.unsubscribe(&format!("r{i:02}@example.org"), "test")
+            .await
+            .unwrap();
+    }
+    let (journal, _) = Journal::attach(s, campaign).await.unwrap();
+    let mut handed = Vec::new();
+    loop {
+        let jobs = journal.claim(2).await.unwrap();
+        if jobs.is_empty() {
+            break;
+        }
+        assert!(jobs.len() <= 2);
+        handed.extend(jobs.into_iter().map(|j| j.recipient.email));
+    }
+    assert_eq!(
+        handed,
+        [
+            "r00@example.org",
+            "r02@example.org",
+            "r04@example.org",
+            "r08@example.org",
+            "r09@example.org",
+            "r11@example.org"
+        ]
+    );
+    let counts = journal.counts().await.unwrap();
+    assert_eq!((counts.sending, counts.skipped), (6, 6));
 }
