@@ -346,6 +346,9 @@ fn import_applies_each_report_once() {
         dir.join("dsn-hard.eml").display().to_string(),
         dir.join("arf-complaint.eml").display().to_string(),
         dir.join("out-of-office.eml").display().to_string(),
+        // Our domain in the quoted Message-ID, but no such delivery: a
+        // forged report must not suppress anyone.
+        dir.join("dsn-no-verp-our-message-id.eml").display().to_string(),
     ];
     let import = |quiet: bool| {
         let mut args = vec!["bounces", "import"];
@@ -371,6 +374,7 @@ fn import_applies_each_report_once() {
             "marked bounced, suppressed",
             "unsubscribed, suppressed (complaint)",
             "nothing done: an automatic reply (Auto-Submitted: auto-replied)",
+            "not a delivery the journal recorded: nothing changed",
         ],
         "{stdout}"
     );

@@ -185,7 +185,8 @@ pub enum Applied {
     Complained,
     /// This report was processed before: nothing changed.
     AlreadyProcessed,
-    /// Nobody in the store matches.
+    /// No delivery in the journal matches (a tag's campaign without that
+    /// recipient; a quoted Message-ID we never sent to that address).
     UnknownRecipient,
     /// Not acted on, and why (an ignored kind, an unresolved target).
     NotApplied(String),
@@ -206,7 +207,9 @@ impl std::fmt::Display for Applied {
             }
             Applied::Complained => f.write_str("unsubscribed, suppressed (complaint)"),
             Applied::AlreadyProcessed => f.write_str("already processed: nothing changed"),
-            Applied::UnknownRecipient => f.write_str("no such subscriber: nothing changed"),
+            Applied::UnknownRecipient => {
+                f.write_str("not a delivery the journal recorded: nothing changed")
+            }
             Applied::NotApplied(why) => write!(f, "nothing done: {why}"),
             Applied::WouldApply(what) => write!(f, "would {what}"),
         }

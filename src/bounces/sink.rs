@@ -29,15 +29,19 @@ impl StoreSink {
     async fn whom(&self, r: &Resolved) -> Result<Option<(String, Option<i64>)>, StoreError> {
         Ok(match &r.target {
             Err(_) => None,
-            // Our Message-ID and the recipient the report names: the
-            // campaign is the one that sent that Message-ID, if recorded.
-            Ok(Target::Address(a)) => {
-                let campaign = match &r.finding.original_message_id {
-                    Some(id) => self.store.recipient_of(id, Some(a)).await?.map(|(c, _)| c),
-                    None => None,
-                };
-                Some((a.clone(), campaign))
-            }
+            // No tag: the report must quote a Message-ID the journal
+            // recorded for that very recipient. Anyone can write our domain
+            // into a Message-ID; only a delivery we made proves the report
+            // is about our mail (else a forged complaint could suppress
+            // any address).
+            Ok(Target::Address(a)) => match &r.finding.original_message_id {
+                Some(id) => self
+                    .store
+                    .recipient_of(id, Some(a))
+                    .await?
+                    .map(|(c, _)| (a.clone(), Some(c))),
+                None => None,
+            },
             Ok(Target::Delivery {
                 campaign,
                 address: Some(a),
