@@ -348,7 +348,9 @@ fn import_applies_each_report_once() {
         dir.join("out-of-office.eml").display().to_string(),
         // Our domain in the quoted Message-ID, but no such delivery: a
         // forged report must not suppress anyone.
-        dir.join("dsn-no-verp-our-message-id.eml").display().to_string(),
+        dir.join("dsn-no-verp-our-message-id.eml")
+            .display()
+            .to_string(),
     ];
     let import = |quiet: bool| {
         let mut args = vec!["bounces", "import"];

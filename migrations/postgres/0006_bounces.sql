@@ -9,7 +9,6 @@ ALTER TABLE subscriber_events DROP CONSTRAINT subscriber_events_event_check;
 ALTER TABLE subscriber_events ADD CONSTRAINT subscriber_events_event_check
     CHECK (event IN ('imported', 'added', 'updated', 'unsubscribed', 'resubscribed', 'bounced', 'removed', 'soft-bounced', 'complained'));
 ALTER TABLE subscriber_events ADD COLUMN campaign_id BIGINT;
-CREATE INDEX subscriber_events_hash ON subscriber_events (email_hash, id);
 
 -- What each report said, per address: for `tidings bounces list`, for the
 -- soft-bounce count, and so a report processed twice changes nothing

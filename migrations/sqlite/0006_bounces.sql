@@ -25,7 +25,6 @@ INSERT INTO subscriber_events_new (id, email_hash, event, source, at)
     SELECT id, email_hash, event, source, at FROM subscriber_events;
 DROP TABLE subscriber_events;
 ALTER TABLE subscriber_events_new RENAME TO subscriber_events;
-CREATE INDEX subscriber_events_hash ON subscriber_events (email_hash, id);
 
 -- What each report said, per address: for `tidings bounces list`, for the
 -- soft-bounce count, and so a report processed twice changes nothing

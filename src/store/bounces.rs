@@ -134,7 +134,12 @@ impl Store {
             tx.rollback().await?;
             return Ok(Action::Repeat);
         }
-        let diagnostic = redact_address(&l.diagnostic, &key);
+        // Servers quote the address as written or as its wire form (the
+        // A-label of an internationalised domain): blank both.
+        let mut diagnostic = redact_address(&l.diagnostic, &key);
+        if let Ok(a) = crate::address::EmailAddress::parse(&l.email) {
+            diagnostic = redact_address(&diagnostic, &a.wire().to_string().to_lowercase());
+        }
         let source = match l.status.as_str() {
             "" => l.source.clone(),
             code => format!("{}: {code}", l.source),
@@ -143,6 +148,25 @@ impl Store {
             source: &source,
             campaign: l.campaign,
         };
+        // The row first (its action filled in below): a soft bounce then
+        // counts itself among the window's.
+        let row = tx
+            .one(
+                "INSERT INTO bounces (report_id, email_hash, kind, status, diagnostic, campaign_id, source, action, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, '', $8) RETURNING id",
+                vec![
+                    l.report_id.clone().into(),
+                    hash.clone().into(),
+                    l.kind.as_str().into(),
+                    l.status.clone().into(),
+                    diagnostic.into(),
+                    l.campaign.into(),
+                    l.source.clone().into(),
+                    now.into(),
+                ],
+            )
+            .await?
+            .map_or(0, |r| r.int(0));
         let action = match l.kind {
             Kind::Hard => bounce(&mut tx, &hash, cause, now).await?,
             Kind::Complaint => match status::complain(&mut tx, &hash, cause, now).await? {
@@ -151,13 +175,9 @@ impl Store {
             },
             Kind::Soft => {
                 status::soft_bounce(&mut tx, &hash, cause, now).await?;
-                // This one included: it is inserted below, so count it here.
-                let count = 1 + soft_bounces_in_window(&mut tx, &hash).await?;
+                let count = soft_bounces_in_window(&mut tx, &hash).await?;
                 if count >= u64::from(soft_limit.max(1)) {
-                    match bounce(&mut tx, &hash, cause, now).await? {
-                        Action::AlreadyBlocked => Action::AlreadyBlocked,
-                        done => done,
-                    }
+                    bounce(&mut tx, &hash, cause, now).await?
                 } else {
                     Action::Counted {
                         count,
@@ -167,19 +187,8 @@ impl Store {
             }
         };
         tx.exec(
-            "INSERT INTO bounces (report_id, email_hash, kind, status, diagnostic, campaign_id, source, action, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            vec![
-                l.report_id.clone().into(),
-                hash.into(),
-                l.kind.as_str().into(),
-                l.status.clone().into(),
-                diagnostic.into(),
-                l.campaign.into(),
-                l.source.clone().into(),
-                action.as_str().into(),
-                now.into(),
-            ],
+            "UPDATE bounces SET action = $1 WHERE id = $2",
+            vec![action.as_str().into(), row.into()],
         )
         .await?;
         tx.commit().await?;
@@ -224,7 +233,7 @@ impl Store {
         let bounced = tx
             .count(
                 "SELECT COUNT(DISTINCT email_hash) FROM bounces WHERE campaign_id = $1 \
-                 AND kind IN ('hard', 'soft') AND action IN ('bounced', 'suppressed')",
+                 AND (kind = 'hard' OR (kind = 'soft' AND action IN ('bounced', 'suppressed')))",
                 vec![campaign.into()],
             )
             .await?;
@@ -312,24 +321,44 @@ async fn bounce(
     })
 }
 
-/// Soft bounces already learned for this address since the fifth latest
-/// campaign that mailed it (all of them, if it had fewer).
+/// Sends that soft-bounced, for this address, within its last five
+/// campaigns: each campaign counts once however many reports it drew (a
+/// DSN and a webhook, a provider's notice per attempt); a report that
+/// names no campaign, or one this address has no delivery in, counts once
+/// if learned since the fifth latest campaign that mailed the address
+/// began.
 async fn soft_bounces_in_window(tx: &mut Tx<'_>, hash: &str) -> Result<u64, StoreError> {
+    let recent = format!(
+        "SELECT c.id FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id \
+         WHERE d.email_hash = $1 AND d.status IN ('sent', 'failed') \
+         ORDER BY c.created_at DESC LIMIT {SOFT_WINDOW_SENDS}"
+    );
     let since = tx
         .one(
-            &format!(
-                "SELECT c.created_at FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id \
-                 WHERE d.email_hash = $1 AND d.status IN ('sent', 'failed') \
-                 ORDER BY c.created_at DESC LIMIT 1 OFFSET {}",
-                SOFT_WINDOW_SENDS - 1
-            ),
+            &format!("SELECT MIN(c.created_at) FROM campaigns c WHERE c.id IN ({recent})"),
             vec![hash.to_string().into()],
         )
         .await?
-        .map_or(0, |r| r.int(0));
-    tx.count(
-        "SELECT COUNT(*) FROM bounces WHERE email_hash = $1 AND kind = 'soft' AND at >= $2",
-        vec![hash.to_string().into(), since.into()],
-    )
-    .await
+        .and_then(|r| r.opt_int(0))
+        .unwrap_or(0);
+    let by_campaign = tx
+        .count(
+            &format!(
+                "SELECT COUNT(DISTINCT campaign_id) FROM bounces \
+                 WHERE email_hash = $1 AND kind = 'soft' AND campaign_id IN ({recent})"
+            ),
+            vec![hash.to_string().into()],
+        )
+        .await?;
+    let others = tx
+        .count(
+            &format!(
+                "SELECT COUNT(DISTINCT COALESCE(CAST(campaign_id AS TEXT), 'report ' || CAST(id AS TEXT))) \
+                 FROM bounces WHERE email_hash = $1 AND kind = 'soft' AND at >= $2 \
+                 AND (campaign_id IS NULL OR campaign_id NOT IN ({recent}))"
+            ),
+            vec![hash.to_string().into(), since.into()],
+        )
+        .await?;
+    Ok(by_campaign + others)
 }

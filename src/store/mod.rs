@@ -805,9 +805,12 @@ impl Store {
                 vec![key.into()],
             )
             .await?;
+        // A complaint stays a complaint: `add --after-removal` lifts a
+        // removal, never a "this is spam".
         tx.exec(
             "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (email_hash) DO UPDATE SET reason = excluded.reason",
+             ON CONFLICT (email_hash) DO UPDATE SET reason = excluded.reason \
+             WHERE suppressions.reason <> 'complained'",
             vec![hash.clone().into(), SUPPRESSED_REMOVED.into(), now.into()],
         )
         .await?;
@@ -1164,7 +1167,7 @@ impl Store {
         tx.rollback().await?;
         Ok(rows
             .into_iter()
-            .map(|mut r| (r.text(0), r.text(1), r.text(2)))
+            .map(|mut r| (r.text(0), r.text(1), rfc3339(r.int(2))))
             .collect())
     }
 }
@@ -1250,8 +1253,6 @@ pub(crate) fn redact_address(text: &str, key: &str) -> String {
     out
 }
 
-/// A database URL fit to print: the password replaced by `***`, in the
-/// user-info part and in a `password=` query parameter.
 /// The checks every added person passes, before anything is written.
 fn check_new(new: &NewSubscriber) -> Result<(), StoreError> {
     model::check_email(new.email.trim()).map_err(StoreError::Invalid)?;
@@ -1273,6 +1274,8 @@ fn check_new(new: &NewSubscriber) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A database URL fit to print: the password replaced by `***`, in the
+/// user-info part and in a `password=` query parameter.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {

@@ -57,6 +57,10 @@ enum Step {
     /// Take the address off the suppression list, if it is there for this
     /// reason.
     Unsuppress(&'static str),
+    /// Nothing to change but the fact itself: the event is recorded (an
+    /// unsubscribed person's address bounced: their last stop is now a
+    /// bounce, which no self-service resubscribe lifts).
+    Record,
     /// A complaint: unsubscribed if a subscriber (`Some(id)`), and on the
     /// suppression list in any case, whatever else it was there for: the
     /// strongest fact, which no resubscribe lifts.
@@ -90,13 +94,18 @@ async fn apply(
             .await?
         }
         Step::Suppress(reason) => {
+            // A bounce outranks an unsubscribe: an address suppressed as
+            // unsubscribed that then bounced must not come back through a
+            // self-service resubscribe.
             tx.exec(
                 "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (email_hash) DO NOTHING",
+                 ON CONFLICT (email_hash) DO UPDATE SET reason = excluded.reason \
+                 WHERE suppressions.reason = 'unsubscribed' AND excluded.reason = 'bounced'",
                 vec![hash.into(), reason.into(), now.into()],
             )
             .await?
         }
+        Step::Record => 1,
         Step::Unsuppress(reason) => {
             tx.exec(
                 "DELETE FROM suppressions WHERE email_hash = $1 AND reason = $2",
@@ -204,7 +213,10 @@ pub(crate) async fn bounce(
 ) -> Result<BounceOutcome, StoreError> {
     Ok(match find(tx, hash).await?.row {
         Some((_, Status::Bounced)) => BounceOutcome::AlreadyBounced,
-        Some((_, Status::Unsubscribed)) => BounceOutcome::Unsubscribed,
+        Some((_, Status::Unsubscribed)) => {
+            apply(tx, hash, Step::Record, "bounced", cause, now).await?;
+            BounceOutcome::Unsubscribed
+        }
         Some((id, Status::Active)) => {
             let step = Step::Status(id, Status::Bounced);
             apply(tx, hash, step, "bounced", cause, now).await?;

@@ -1125,6 +1125,41 @@ async fn bounces_and_complaints(ctx: &Ctx) {
         assert_eq!(s.learn(&soft, 3).await.unwrap(), want, "soft bounce {i}");
     }
 
+    // A bounce outranks an unsubscribe: a link cannot bring back an
+    // address that bounced after it unsubscribed.
+    let fay = NewSubscriber {
+        email: "fay@example.org".into(),
+        ..NewSubscriber::default()
+    };
+    s.add(&fay, "add", false).await.unwrap();
+    let fay_hash = email_hash_hex("fay@example.org");
+    s.unsubscribe_by_hash(&fay_hash, "one-click").await.unwrap();
+    let late = learned("<f1@mx>", "fay@example.org", Kind::Hard);
+    assert_eq!(s.learn(&late, 3).await.unwrap(), Action::AlreadyBlocked);
+    assert_eq!(
+        s.resubscribe_by_hash(&fay_hash, "link").await.unwrap(),
+        ResubscribeOutcome::NotSelfService
+    );
+
+    // Several reports about one send count as one soft bounce.
+    let mut soft = learned("<e1@mx>", "eve@example.org", Kind::Soft);
+    soft.campaign = Some(42);
+    assert_eq!(
+        s.learn(&soft, 3).await.unwrap(),
+        Action::Counted { count: 1, limit: 3 }
+    );
+    soft.report_id = "<e2@mx>".into();
+    assert_eq!(
+        s.learn(&soft, 3).await.unwrap(),
+        Action::Counted { count: 1, limit: 3 }
+    );
+    soft.report_id = "<e3@mx>".into();
+    soft.campaign = Some(43);
+    assert_eq!(
+        s.learn(&soft, 3).await.unwrap(),
+        Action::Counted { count: 2, limit: 3 }
+    );
+
     // Nobody of them may be mailed; a complaint is for good.
     let asked: Vec<tidings::subscribers::Recipient> = [
         "ana@example.org",
@@ -1152,26 +1187,40 @@ async fn bounces_and_complaints(ctx: &Ctx) {
     let events = s.events("bob@example.org").await.unwrap();
     let last = events.last().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("complained", "arf"));
+    assert_eq!(last.2.len(), "2026-11-26T08:27:00Z".len(), "{last:?}");
+    // Removing the person keeps the complaint, not a liftable removal.
+    s.remove("bob@example.org", "remove").await.unwrap();
+    assert_eq!(
+        s.suppression("bob@example.org").await.unwrap().as_deref(),
+        Some("complained")
+    );
 
     // What `bounces list` shows: newest first, the address while known,
     // the server's words without it.
     let rows = s.bounces(0).await.unwrap();
     let seen: Vec<(String, &str, String)> = rows
         .iter()
+        .filter(|r| r.campaign.is_none())
         .map(|r| (r.email.clone(), r.kind.as_str(), r.action.clone()))
         .collect();
     assert_eq!(
         seen,
         [
             (
-                "cara@example.org".to_string(),
-                "soft",
+                "fay@example.org".to_string(),
+                "hard",
                 "none (already blocked)".to_string()
+            ),
+            (
+                "cara@example.org".into(),
+                "soft",
+                "none (already blocked)".into()
             ),
             ("cara@example.org".into(), "soft", "bounced".into()),
             ("cara@example.org".into(), "soft", "counted 2/3".into()),
             ("cara@example.org".into(), "soft", "counted 1/3".into()),
-            ("bob@example.org".into(), "complaint", "unsubscribed".into()),
+            // Removed since: only the hash is kept.
+            ("".into(), "complaint", "unsubscribed".into()),
             ("".into(), "hard", "suppressed".into()),
             ("ana@example.org".into(), "hard", "bounced".into()),
         ]
