@@ -697,8 +697,7 @@ impl Bounces {
     /// Each problem names its key.
     fn validate(&self) -> Result<(), String> {
         if !self.address.trim().is_empty() {
-            crate::bounces::verp::BounceAddress::parse(&self.address)
-                .map_err(|e| format!("bounces.address {e}"))?;
+            BounceAddress::parse(&self.address).map_err(|e| format!("bounces.address {e}"))?;
         }
         if self.soft_limit == 0 {
             return Err(
@@ -707,8 +706,8 @@ impl Bounces {
             );
         }
         if !self.imap_url.trim().is_empty() {
-            let url = crate::bounces::imap::ImapUrl::parse(&self.imap_url)
-                .map_err(|e| format!("bounces.imap_url {e}"))?;
+            let url =
+                ImapUrl::parse(&self.imap_url).map_err(|e| format!("bounces.imap_url {e}"))?;
             let processed = self.processed_folder.trim();
             if processed.is_empty() {
                 return Err(
@@ -726,8 +725,8 @@ impl Bounces {
     }
 
     /// The bounce address split for tagging, when set.
-    pub fn bounce_address(&self) -> Option<crate::bounces::verp::BounceAddress> {
-        crate::bounces::verp::BounceAddress::parse(&self.address).ok()
+    pub fn bounce_address(&self) -> Option<BounceAddress> {
+        BounceAddress::parse(&self.address).ok()
     }
 }
 
@@ -1231,4 +1230,155 @@ mod tests {
             assert!(Config::parse(&text, "t").is_ok(), "{good}");
         }
     }
+}
+
+/// The longest local part an address may have (RFC 5321).
+pub const MAX_LOCAL_PART: usize = 64;
+/// The longest VERP tag `deliver::verp` makes (checked there at compile
+/// time), for the length check of `bounces.address`.
+pub const VERP_TAG_MAX: usize = 42;
+
+/// A configured bounce address split for tagging: `local+tag@domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BounceAddress {
+    pub local: String,
+    pub domain: String,
+}
+
+impl BounceAddress {
+    /// Parses `bounces@news.example.org`; the error says what is wrong
+    /// (the caller adds the config key).
+    pub fn parse(address: &str) -> Result<BounceAddress, String> {
+        let a = address.trim();
+        let (local, domain) = a.rsplit_once('@').ok_or_else(|| {
+            format!("`{a}` is not an address: write e.g. bounces@news.example.org")
+        })?;
+        if local.is_empty() || domain.is_empty() || domain.contains(['@', ' ', '<', '>']) {
+            return Err(format!(
+                "`{a}` is not an address: write e.g. bounces@news.example.org"
+            ));
+        }
+        if !local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(format!(
+                "`{a}`: its local part `{local}` may hold only letters, digits, `.`, `_` and `-` (a `+` is where the tag goes)"
+            ));
+        }
+        let most = MAX_LOCAL_PART - 1 - VERP_TAG_MAX;
+        if local.len() > most {
+            return Err(format!(
+                "`{a}`: its local part `{local}` is {} characters; with `+` and a tag of up to {VERP_TAG_MAX} it must stay within {MAX_LOCAL_PART}, so use at most {most} (e.g. `bounces`)",
+                local.len()
+            ));
+        }
+        Ok(BounceAddress {
+            local: local.to_string(),
+            domain: domain.to_ascii_lowercase(),
+        })
+    }
+
+    /// `local+tag@domain`.
+    pub fn with_tag(&self, tag: &str) -> String {
+        format!("{}+{tag}@{}", self.local, self.domain)
+    }
+
+    /// The tag of `address` if it is `local+tag@domain` (local part and
+    /// domain compared without case).
+    pub fn tag_of<'a>(&self, address: &'a str) -> Option<&'a str> {
+        let (local, domain) = address.trim().rsplit_once('@')?;
+        if !domain.eq_ignore_ascii_case(&self.domain) {
+            return None;
+        }
+        let (base, tag) = local.split_once('+')?;
+        (base.eq_ignore_ascii_case(&self.local) && !tag.is_empty()).then_some(tag)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapSecurity {
+    /// `imaps://`: TLS from the first byte (port 993).
+    Tls,
+    /// `imap://`: STARTTLS, refused if the server does not offer it (143).
+    StartTls,
+}
+
+/// `imaps://host[:port]/FOLDER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapUrl {
+    pub security: ImapSecurity,
+    pub host: String,
+    pub port: u16,
+    pub folder: String,
+}
+
+impl ImapUrl {
+    /// The error completes "bounces.imap_url …".
+    pub fn parse(url: &str) -> Result<ImapUrl, String> {
+        let u = url.trim();
+        let how = "write imaps://host[:port]/FOLDER (TLS) or imap://host[:port]/FOLDER (STARTTLS)";
+        let (security, rest) = if let Some(r) = u.strip_prefix("imaps://") {
+            (ImapSecurity::Tls, r)
+        } else if let Some(r) = u.strip_prefix("imap://") {
+            (ImapSecurity::StartTls, r)
+        } else {
+            return Err(format!("`{u}` is not an IMAP URL: {how}"));
+        };
+        let (authority, folder) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.contains('@') {
+            return Err(format!(
+                "`{u}` has a user in it: put the user in bounces.username and the password in {ENV_BOUNCES_PASSWORD}"
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("`{u}`: port `{p}` is not a number: {how}"))?;
+                (h, port)
+            }
+            _ => (
+                authority,
+                match security {
+                    ImapSecurity::Tls => 993,
+                    ImapSecurity::StartTls => 143,
+                },
+            ),
+        };
+        let host = host.trim_matches(['[', ']']);
+        if host.is_empty() || host.contains([' ', '?', '#']) {
+            return Err(format!("`{u}` has no valid host: {how}"));
+        }
+        let folder = percent_decode(folder).ok_or_else(|| {
+            format!("`{u}`: the folder `{folder}` is not valid percent-encoded UTF-8")
+        })?;
+        Ok(ImapUrl {
+            security,
+            host: host.to_string(),
+            port,
+            folder: if folder.is_empty() {
+                "INBOX".into()
+            } else {
+                folder
+            },
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }

@@ -18,7 +18,7 @@ pub mod imap;
 pub mod parse;
 mod sink;
 pub mod source;
-pub mod verp;
+pub use crate::deliver::verp;
 
 pub use sink::StoreSink;
 
@@ -119,12 +119,15 @@ impl Processor {
     /// From the config: `bounces.address`, `newsletter.from`'s domain, and
     /// the tag keys of `TIDINGS_UNSUBSCRIBE_SECRET` (when set).
     pub fn from_config(config: &Config) -> Processor {
-        let verp = config.secrets.unsubscribe_secret.as_ref().map(|s| {
-            Verp::from_signer(&crate::deliver::unsubscribe::Signer::new(
-                s.expose().as_bytes(),
-                "",
-            ))
-        });
+        // The one secret policy: checking tags needs the secret the send
+        // signed them with, set and strong, as `serve` needs it for links.
+        let verp = crate::deliver::unsubscribe::Signer::for_purpose(
+            config,
+            crate::deliver::unsubscribe::Purpose::Serve,
+            &mut Default::default(),
+        )
+        .ok()
+        .map(|signer| Verp::from_signer(&signer));
         let domain = crate::config::sender_domain(&config.newsletter.from)
             .map(|d| d.trim_end_matches('>').to_string());
         Processor::new(config.bounces.bounce_address(), verp, domain)

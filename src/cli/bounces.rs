@@ -155,10 +155,13 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn new(config: &Config, sink: &'a dyn BounceSink, quiet: bool) -> Run<'a> {
-        if config.secrets.unsubscribe_secret.is_none() {
+        if let Err(problem) = crate::deliver::unsubscribe::Signer::for_purpose(
+            config,
+            crate::deliver::unsubscribe::Purpose::Serve,
+            &mut Default::default(),
+        ) {
             eprintln!(
-                "warning: {} is not set: VERP tags cannot be checked, so tagged reports are refused",
-                crate::config::ENV_UNSUBSCRIBE_SECRET
+                "warning: VERP tags cannot be checked, so tagged reports are refused: {problem}"
             );
         }
         Run {

@@ -11,9 +11,9 @@ use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 use super::dkim::DkimSetup;
 use super::mime::{EncodedPart, header_line};
 use super::unsubscribe::Signer;
+use super::verp::{BounceAddress, Verp};
 use super::{DeliverError, Outgoing};
 use crate::address::EmailAddress;
-use crate::bounces::verp::{BounceAddress, Verp};
 use crate::config::Config;
 use crate::render::RenderedIssue;
 use crate::render::personalise::{Escape, header_safe};
@@ -38,7 +38,7 @@ pub struct MessageFactory {
     fixed_subject: Option<String>,
     boundary: String,
     /// `bounces.address` and the tag keys: each message's envelope sender
-    /// is then `local+<tag>@domain` (VERP, see `bounces::verp`).
+    /// is then `local+<tag>@domain` (VERP, see `verp`).
     verp: Option<(BounceAddress, Verp)>,
 }
 

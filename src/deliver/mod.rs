@@ -25,6 +25,7 @@ pub mod smtp;
 pub mod smtp_client;
 pub mod sources;
 pub mod unsubscribe;
+pub mod verp;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -32,8 +32,10 @@ const KEY_LEN: usize = 8;
 const MAC_LEN: usize = 8;
 /// The longest tag: a campaign id of 9 LEB128 bytes (any i64).
 pub const MAX_TAG_LEN: usize = base32_len(1 + 9 + KEY_LEN + MAC_LEN);
+// The config checks `bounces.address` against the same length.
+const _: () = assert!(MAX_TAG_LEN == crate::config::VERP_TAG_MAX);
 /// RFC 5321 4.5.3.1.1: a local part is at most 64 octets.
-pub const MAX_LOCAL_PART: usize = 64;
+pub use crate::config::MAX_LOCAL_PART;
 
 const fn base32_len(bytes: usize) -> usize {
     (bytes * 8).div_ceil(5)
@@ -196,63 +198,7 @@ impl Verp {
     }
 }
 
-/// A configured bounce address split for tagging: `local+tag@domain`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BounceAddress {
-    pub local: String,
-    pub domain: String,
-}
-
-impl BounceAddress {
-    /// Parses `bounces@news.example.org`; the error says what is wrong
-    /// (the caller adds the config key).
-    pub fn parse(address: &str) -> Result<BounceAddress, String> {
-        let a = address.trim();
-        let (local, domain) = a.rsplit_once('@').ok_or_else(|| {
-            format!("`{a}` is not an address: write e.g. bounces@news.example.org")
-        })?;
-        if local.is_empty() || domain.is_empty() || domain.contains(['@', ' ', '<', '>']) {
-            return Err(format!(
-                "`{a}` is not an address: write e.g. bounces@news.example.org"
-            ));
-        }
-        if !local
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(format!(
-                "`{a}`: its local part `{local}` may hold only letters, digits, `.`, `_` and `-` (a `+` is where the tag goes)"
-            ));
-        }
-        let most = MAX_LOCAL_PART - 1 - MAX_TAG_LEN;
-        if local.len() > most {
-            return Err(format!(
-                "`{a}`: its local part `{local}` is {} characters; with `+` and a tag of up to {MAX_TAG_LEN} it must stay within {MAX_LOCAL_PART}, so use at most {most} (e.g. `bounces`)",
-                local.len()
-            ));
-        }
-        Ok(BounceAddress {
-            local: local.to_string(),
-            domain: domain.to_ascii_lowercase(),
-        })
-    }
-
-    /// `local+tag@domain`.
-    pub fn with_tag(&self, tag: &str) -> String {
-        format!("{}+{tag}@{}", self.local, self.domain)
-    }
-
-    /// The tag of `address` if it is `local+tag@domain` (local part and
-    /// domain compared without case).
-    pub fn tag_of<'a>(&self, address: &'a str) -> Option<&'a str> {
-        let (local, domain) = address.trim().rsplit_once('@')?;
-        if !domain.eq_ignore_ascii_case(&self.domain) {
-            return None;
-        }
-        let (base, tag) = local.split_once('+')?;
-        (base.eq_ignore_ascii_case(&self.local) && !tag.is_empty()).then_some(tag)
-    }
-}
+pub use crate::config::BounceAddress;
 
 fn leb128(mut n: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(3);
