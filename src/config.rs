@@ -1398,6 +1398,80 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_from_file_and_environment() {
+        let c = Config::parse_with_env(
+            "[webhooks.postmark]\nusername = \"pm\"\n[webhooks.generic]\n",
+            "t.toml",
+            env(&[
+                ("TIDINGS_WEBHOOKS_POSTMARK_USERNAME", "postmark"),
+                (
+                    "TIDINGS_WEBHOOKS_SES_TOPIC_ARNS",
+                    "arn:aws:sns:eu-west-1:1:a, arn:aws:sns:eu-west-1:1:b",
+                ),
+                ("TIDINGS_WEBHOOKS_MAILGUN_MAX_AGE", "10m"),
+                ("TIDINGS_WEBHOOKS_POSTMARK_PASSWORD", "pm-secret"),
+                ("TIDINGS_WEBHOOKS_MAILGUN_KEY", "mg-secret"),
+                ("TIDINGS_WEBHOOKS_SECRET", "generic-secret"),
+            ]),
+        )
+        .unwrap();
+        let w = &c.webhooks;
+        assert_eq!(w.postmark.as_ref().unwrap().username, "postmark");
+        assert_eq!(
+            w.ses.as_ref().unwrap().topic_arns,
+            ["arn:aws:sns:eu-west-1:1:a", "arn:aws:sns:eu-west-1:1:b"]
+        );
+        assert_eq!(w.mailgun.as_ref().unwrap().max_age.to_string(), "10m");
+        assert!(w.generic.is_some());
+        assert_eq!(
+            c.secrets
+                .webhooks_postmark_password
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "pm-secret"
+        );
+        let shown = format!("{c:?}");
+        for secret in ["pm-secret", "mg-secret", "generic-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // Off unless configured.
+        let c = Config::parse("", "t").unwrap();
+        assert!(c.webhooks.ses.is_none() && c.webhooks.postmark.is_none());
+        assert!(c.webhooks.mailgun.is_none() && c.webhooks.generic.is_none());
+    }
+
+    #[test]
+    fn webhook_config_errors_name_the_key() {
+        assert_eq!(
+            parse_err("[webhooks.ses]\n"),
+            "t.toml: webhooks.ses.topic_arns is empty: list the SNS topic ARNs whose notifications to accept, e.g. [\"arn:aws:sns:eu-west-1:123456789012:ses-bounces\"]"
+        );
+        assert_eq!(
+            parse_err("[webhooks.ses]\ntopic_arns = [\"arn:aws:s3:::bucket\"]\n"),
+            "t.toml: webhooks.ses.topic_arns: `arn:aws:s3:::bucket` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)"
+        );
+        assert_eq!(
+            parse_err("[webhooks.postmark]\n"),
+            "t.toml: webhooks.postmark.username is empty: set the user name of the basic auth in Postmark's webhook URL"
+        );
+        assert_eq!(
+            parse_err("[webhooks.mailgun]\nmax_age = \"0s\"\n"),
+            "t.toml: webhooks.mailgun.max_age `0s` must be between 1s and 1d (default 5m)"
+        );
+        let err = parse_err("[webhooks.mailgun]\nsigning_key = \"key-123\"\n");
+        assert!(
+            err.ends_with(
+                "webhook secrets are never read from the file: set TIDINGS_WEBHOOKS_MAILGUN_KEY"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("key-123"), "{err}");
+        let err = parse_err("[webhooks.generic]\nsecret = \"abc\"\n");
+        assert!(err.ends_with("set TIDINGS_WEBHOOKS_SECRET"), "{err}");
+    }
+
+    #[test]
     fn accent_color_must_be_a_css_colour() {
         for bad in [
             "red; background: url(https://x)",
