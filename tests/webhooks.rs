@@ -469,6 +469,24 @@ fn generic_hmac_of_the_raw_body() {
     assert_eq!(r.status, 400);
     assert_eq!(r.body.trim(), "`kind` must be hard, soft or complaint");
     assert_eq!(p.status("x@example.com"), "active");
+    // Larger than the 8 KiB of the rest of `serve`, within the webhooks'
+    // 256 KiB; past that, 413 unread.
+    let big = format!(
+        r#"{{"id": "ev-3", "email": "x@example.com", "kind": "soft", "diagnostic": "{}"}}"#,
+        "a".repeat(20_000)
+    );
+    let sig = format!("sha256={}", hmac_hex(GENERIC_SECRET, big.as_bytes()));
+    let r = s.post(
+        "/webhooks/generic",
+        &[("X-Tidings-Signature", sig.as_str())],
+        &big,
+    );
+    assert_eq!(counts(&r), (1, 1));
+    // Only the head is sent: the declared length is refused unread.
+    let mut c = http::Conn::connect(&s.addr).unwrap();
+    let head = c.head("POST", "/webhooks/generic", &[], Some(300 * 1024));
+    c.send_raw(head.as_bytes()).unwrap();
+    assert_eq!(c.read_response().unwrap().status, 413);
     let list = p.bounces_list();
     assert!(list.contains("webhook:generic"), "{list}");
 }
