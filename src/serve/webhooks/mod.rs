@@ -253,17 +253,15 @@ pub(crate) fn address(raw: &str) -> Result<String, Refusal> {
 
 /// The first enhanced status code (`5.1.1`) in a server's words.
 pub(crate) fn enhanced_status(text: &str) -> Option<String> {
-    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|w| w.trim_end_matches('.'))
-        .find(|w| {
-            let parts: Vec<&str> = w.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts[1..]
-                    .iter()
-                    .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(str::to_string)
+    crate::bounces::parse::status_code(text)
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `<id>` as our journal stores it, from `id` or `<id>`.

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,7 +24,7 @@ use serde_json::Value;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::{Refusal, Report, address, bracketed, learn};
+use super::{Refusal, Report, address, bracketed, learn, unix_now};
 use crate::config::SesWebhook;
 use crate::serve::{AppState, LogNote, Note, log_warn};
 use crate::store::Kind;
@@ -446,12 +446,6 @@ pub fn ses_reports(m: &Value) -> Result<Vec<Report>, Refusal> {
             })
         })
         .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
