@@ -52,7 +52,9 @@ pub struct Ses {
     /// trusted for certificates and subscription URLs.
     test_host: Option<String>,
     tls: Arc<rustls::ClientConfig>,
-    certs: Mutex<HashMap<String, RsaPublicKey>>,
+    /// Keys by certificate URL, with the certificate's notAfter (Unix s):
+    /// an expired one is fetched again.
+    certs: Mutex<HashMap<String, (RsaPublicKey, u64)>>,
 }
 
 impl Ses {
@@ -91,23 +93,24 @@ impl Ses {
 
     /// The signing key at `url`, from the cache or fetched.
     async fn key(&self, url: &str) -> Result<RsaPublicKey, Refusal> {
-        if let Some(k) = self.lock().get(url) {
+        let now = unix_now();
+        if let Some((k, _)) = self.lock().get(url).filter(|(_, until)| now <= *until) {
             return Ok(k.clone());
         }
         let pem = fetch(&self.tls, url, CERT_LIMIT)
             .await
             .map_err(|e| Refusal::Upstream(format!("signing certificate: {e}")))?;
-        let key = public_key(&pem, unix_now())
+        let (key, until) = public_key(&pem, now)
             .map_err(|e| Refusal::Unauthorized(format!("signing certificate not usable: {e}")))?;
         let mut certs = self.lock();
         if certs.len() >= CERT_CACHE {
             certs.clear();
         }
-        certs.insert(url.to_string(), key.clone());
+        certs.insert(url.to_string(), (key.clone(), until));
         Ok(key)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RsaPublicKey>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RsaPublicKey, u64)>> {
         self.certs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -225,8 +228,9 @@ pub fn trusted_url<'a>(url: &'a str, test_host: Option<&str>) -> Option<&'a str>
     ok.then_some(authority)
 }
 
-/// The RSA key of a PEM certificate that is valid at `now` (Unix s).
-pub fn public_key(pem: &[u8], now: u64) -> Result<RsaPublicKey, String> {
+/// The RSA key of a PEM certificate that is valid at `now` (Unix s), and
+/// the end of its validity (Unix s).
+pub fn public_key(pem: &[u8], now: u64) -> Result<(RsaPublicKey, u64), String> {
     use rsa::pkcs8::DecodePublicKey;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -237,8 +241,8 @@ pub fn public_key(pem: &[u8], now: u64) -> Result<RsaPublicKey, String> {
         .map_err(|e| format!("not a PEM certificate: {e}"))?;
     let cert = x509_cert::Certificate::from_der(&der).map_err(|e| format!("not X.509: {e}"))?;
     let validity = &cert.tbs_certificate.validity;
-    let now = Duration::from_secs(now);
-    if now < validity.not_before.to_unix_duration() || now > validity.not_after.to_unix_duration() {
+    let until = validity.not_after.to_unix_duration().as_secs();
+    if now < validity.not_before.to_unix_duration().as_secs() || now > until {
         return Err("expired or not yet valid".into());
     }
     let spki = cert
@@ -246,7 +250,9 @@ pub fn public_key(pem: &[u8], now: u64) -> Result<RsaPublicKey, String> {
         .subject_public_key_info
         .to_der()
         .map_err(|e| e.to_string())?;
-    RsaPublicKey::from_public_key_der(&spki).map_err(|e| format!("not an RSA key: {e}"))
+    let key =
+        RsaPublicKey::from_public_key_der(&spki).map_err(|e| format!("not an RSA key: {e}"))?;
+    Ok((key, until))
 }
 
 /// GET `url` (https, already checked) with our TLS roots; the body when
