@@ -425,6 +425,94 @@ fn mailgun_signed_fresh_and_once() {
     assert!(p.bounces_list().contains("webhook:mailgun"));
 }
 
+/// An SMTP server on loopback that accepts every message and keeps each
+/// one's Message-ID: enough for a real `tidings send` to write its journal.
+fn start_sink() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let kept = ids.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let kept = kept.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut out = conn.try_clone()?;
+                let mut lines = BufReader::new(conn);
+                out.write_all(b"220 sink ESMTP\r\n")?;
+                let mut line = String::new();
+                let mut data = false;
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if data {
+                        if line == ".\r\n" {
+                            data = false;
+                            out.write_all(b"250 2.0.0 queued\r\n")?;
+                        } else if let Some(id) = line.strip_prefix("Message-ID: ") {
+                            kept.lock().unwrap().push(id.trim().to_string());
+                        }
+                        continue;
+                    }
+                    match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                        "EHLO" => out.write_all(b"250-sink\r\n250 8BITMIME\r\n")?,
+                        "DATA" => {
+                            data = true;
+                            out.write_all(b"354 go on\r\n")?;
+                        }
+                        "QUIT" => return out.write_all(b"221 bye\r\n"),
+                        _ => out.write_all(b"250 ok\r\n")?,
+                    }
+                }
+            });
+        }
+    });
+    (port, ids)
+}
+
+#[test]
+fn a_report_quoting_our_message_id_names_the_campaign() {
+    let p = Project::new("[webhooks.mailgun]\n");
+    p.add(&["ana@example.com"]);
+    let (port, ids) = start_sink();
+    let out = support::run(
+        p.command(&[
+            "send",
+            "content/hello.md",
+            "--yes",
+            "--quiet",
+            "--rate",
+            "unlimited",
+        ])
+        .env("TIDINGS_SMTP_PORT", port.to_string())
+        .env("TIDINGS_SMTP_TIMEOUT_SECS", "5"),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", support::describe(&out));
+    let id = ids
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("the sink got a message");
+    let s = Server::start(&p);
+    // Mailgun quotes the Message-ID without its angle brackets.
+    let mut event = mailgun_failed("e-1", "permanent", "ana@example.com");
+    event["message"]["headers"]["message-id"] =
+        id.trim_start_matches('<').trim_end_matches('>').into();
+    let body = mailgun_body(MAILGUN_KEY, unix_now(), "tok-1", event);
+    assert_eq!(counts(&s.post("/webhooks/mailgun", &[], &body)), (1, 1));
+    assert_eq!(p.status("ana@example.com"), "bounced");
+    let list = p.bounces_list();
+    let row = list
+        .lines()
+        .find(|l| l.contains("ana@example.com"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains("\thello ("), "the campaign is named: {row}");
+    assert!(row.contains("\twebhook:mailgun\t"), "{row}");
+}
+
 // ------------------------------------------------------------- generic
 
 #[test]
