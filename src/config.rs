@@ -394,8 +394,9 @@ impl Webhooks {
                     ));
                 }
             }
-            if !ses.test_cert_host.is_empty() && ses.ca_file.is_empty() {
-                return Err("webhooks.ses.test_cert_host is set without webhooks.ses.ca_file (both are for tests only)".into());
+            // Either alone would be a half-relaxed check: both or neither.
+            if ses.test_cert_host.is_empty() != ses.ca_file.is_empty() {
+                return Err("webhooks.ses.test_cert_host and webhooks.ses.ca_file go together, and only in tests: remove them in production".into());
             }
         }
         if let Some(p) = &self.postmark
@@ -1450,6 +1451,12 @@ mod tests {
         assert_eq!(
             parse_err("[webhooks.ses]\ntopic_arns = [\"arn:aws:s3:::bucket\"]\n"),
             "t.toml: webhooks.ses.topic_arns: `arn:aws:s3:::bucket` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)"
+        );
+        assert_eq!(
+            parse_err(
+                "[webhooks.ses]\ntopic_arns = [\"arn:aws:sns:eu-west-1:1:b\"]\nca_file = \"ca.pem\"\n"
+            ),
+            "t.toml: webhooks.ses.test_cert_host and webhooks.ses.ca_file go together, and only in tests: remove them in production"
         );
         assert_eq!(
             parse_err("[webhooks.postmark]\n"),
