@@ -18,8 +18,16 @@ pub const ENV_DATABASE_URL: &str = "TIDINGS_DATABASE_URL";
 pub const ENV_DKIM_PRIVATE_KEY: &str = "TIDINGS_DKIM_PRIVATE_KEY";
 /// The bounce mailbox's IMAP password (`bounces.imap_url`).
 pub const ENV_BOUNCES_PASSWORD: &str = "TIDINGS_BOUNCES_PASSWORD";
+/// `tidings serve`'s webhooks (`[webhooks.*]`): Postmark's basic-auth
+/// password, Mailgun's webhook signing key, the generic endpoint's HMAC key.
+pub const ENV_WEBHOOKS_POSTMARK_PASSWORD: &str = "TIDINGS_WEBHOOKS_POSTMARK_PASSWORD";
+pub const ENV_WEBHOOKS_MAILGUN_KEY: &str = "TIDINGS_WEBHOOKS_MAILGUN_KEY";
+pub const ENV_WEBHOOKS_SECRET: &str = "TIDINGS_WEBHOOKS_SECRET";
 const ENV_NOT_KEYS: &[&str] = &[
     ENV_SMTP_PASSWORD,
+    ENV_WEBHOOKS_POSTMARK_PASSWORD,
+    ENV_WEBHOOKS_MAILGUN_KEY,
+    ENV_WEBHOOKS_SECRET,
     ENV_BOUNCES_PASSWORD,
     ENV_UNSUBSCRIBE_SECRET,
     ENV_DATABASE_URL,
@@ -46,6 +54,8 @@ pub struct Config {
     pub dkim: Dkim,
     #[serde(default)]
     pub bounces: Bounces,
+    #[serde(default)]
+    pub webhooks: Webhooks,
     /// Secrets from the environment; never read from or written to a file.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -67,6 +77,7 @@ impl Default for Config {
             send: SendSettings::default(),
             dkim: Dkim::default(),
             bounces: Bounces::default(),
+            webhooks: Webhooks::default(),
             secrets: Secrets::default(),
             origin: None,
         }
@@ -309,6 +320,128 @@ impl Default for Bounces {
     }
 }
 
+/// Provider webhooks in `tidings serve` (bounces and complaints reported
+/// over HTTP). Each endpoint is on only when its table is present; its
+/// secret comes only from the environment.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// `POST /webhooks/ses`: Amazon SES notifications through SNS.
+    pub ses: Option<SesWebhook>,
+    /// `POST /webhooks/postmark`: basic auth, password from
+    /// `TIDINGS_WEBHOOKS_POSTMARK_PASSWORD`.
+    pub postmark: Option<PostmarkWebhook>,
+    /// `POST /webhooks/mailgun`: signing key from `TIDINGS_WEBHOOKS_MAILGUN_KEY`.
+    pub mailgun: Option<MailgunWebhook>,
+    /// `POST /webhooks/generic`: HMAC key from `TIDINGS_WEBHOOKS_SECRET`.
+    pub generic: Option<GenericWebhook>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SesWebhook {
+    /// The SNS topics whose notifications are accepted. Required: a valid
+    /// SNS signature only proves that *some* AWS account's topic sent it.
+    #[serde(deserialize_with = "string_list")]
+    pub topic_arns: Vec<String>,
+    /// TESTS ONLY: also accept signing certificates (and SubscribeURLs)
+    /// from this exact `host:port`, still over https.
+    pub test_cert_host: String,
+    /// TESTS ONLY: PEM of a private CA for `test_cert_host`'s certificate.
+    pub ca_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostmarkWebhook {
+    /// The basic-auth user name set in Postmark's webhook URL.
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailgunWebhook {
+    /// Requests whose signed timestamp is further than this from now are
+    /// refused (replays).
+    pub max_age: Span,
+}
+
+impl Default for MailgunWebhook {
+    fn default() -> Self {
+        MailgunWebhook {
+            max_age: Span(Duration::from_secs(300)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GenericWebhook {}
+
+impl Webhooks {
+    /// Each problem names its key.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(ses) = &self.ses {
+            if ses.topic_arns.is_empty() {
+                return Err("webhooks.ses.topic_arns is empty: list the SNS topic ARNs whose notifications to accept, e.g. [\"arn:aws:sns:eu-west-1:123456789012:ses-bounces\"]".into());
+            }
+            for arn in &ses.topic_arns {
+                let parts: Vec<&str> = arn.split(':').collect();
+                if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" || parts[5].is_empty()
+                {
+                    return Err(format!(
+                        "webhooks.ses.topic_arns: `{arn}` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)"
+                    ));
+                }
+            }
+            // Either alone would be a half-relaxed check: both or neither.
+            if ses.test_cert_host.is_empty() != ses.ca_file.is_empty() {
+                return Err("webhooks.ses.test_cert_host and webhooks.ses.ca_file go together, and only in tests: remove them in production".into());
+            }
+        }
+        if let Some(p) = &self.postmark
+            && p.username.trim().is_empty()
+        {
+            return Err("webhooks.postmark.username is empty: set the user name of the basic auth in Postmark's webhook URL".into());
+        }
+        if let Some(m) = &self.mailgun
+            && (m.max_age.0.is_zero() || m.max_age.0 > Duration::from_secs(86_400))
+        {
+            return Err(format!(
+                "webhooks.mailgun.max_age `{}` must be between 1s and 1d (default 5m)",
+                m.max_age
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A list of strings, or (from the environment) one string of items
+/// separated by commas or spaces.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s
+            .split([',', ' '])
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()),
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a list of strings, found {}",
+                    other.type_str()
+                ))),
+            })
+            .collect(),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a list of strings, found {}",
+            other.type_str()
+        ))),
+    }
+}
+
 /// A steady sending rate: `count` messages per `per`; a count of 0 is
 /// "unlimited" (benchmarks, a relay that does its own pacing).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -481,6 +614,9 @@ pub struct Secrets {
     pub unsubscribe_secret: Option<Secret>,
     pub dkim_private_key: Option<Secret>,
     pub bounces_password: Option<Secret>,
+    pub webhooks_postmark_password: Option<Secret>,
+    pub webhooks_mailgun_key: Option<Secret>,
+    pub webhooks_secret: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -534,6 +670,11 @@ impl Config {
                 ENV_UNSUBSCRIBE_SECRET => secrets.unsubscribe_secret = Some(Secret(value)),
                 ENV_DKIM_PRIVATE_KEY => secrets.dkim_private_key = Some(Secret(value)),
                 ENV_BOUNCES_PASSWORD => secrets.bounces_password = Some(Secret(value)),
+                ENV_WEBHOOKS_POSTMARK_PASSWORD => {
+                    secrets.webhooks_postmark_password = Some(Secret(value))
+                }
+                ENV_WEBHOOKS_MAILGUN_KEY => secrets.webhooks_mailgun_key = Some(Secret(value)),
+                ENV_WEBHOOKS_SECRET => secrets.webhooks_secret = Some(Secret(value)),
                 ENV_DATABASE_URL | "TIDINGS_DATABASE" => {
                     table.insert("database".into(), toml::Value::String(value));
                     overridden.push(var.clone());
@@ -553,11 +694,20 @@ impl Config {
                             message: "quick links are a list: set them in the config file".into(),
                         });
                     }
-                    let entry = table
+                    let (sub, key) = subsection(section, &key);
+                    let mut entry = table
                         .entry(section.to_string())
                         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let Some(sub) = sub {
+                        entry = match entry {
+                            toml::Value::Table(t) => t
+                                .entry(sub.to_string())
+                                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+                            other => other,
+                        };
+                    }
                     if let toml::Value::Table(t) = entry {
-                        t.insert(key, toml::Value::String(value));
+                        t.insert(key.to_string(), toml::Value::String(value));
                     }
                     overridden.push(var.clone());
                 }
@@ -647,6 +797,7 @@ impl Config {
             )));
         }
         self.bounces.validate().map_err(err)?;
+        self.webhooks.validate().map_err(err)?;
         let colour = &self.newsletter.accent_color;
         if !valid_css_colour(colour) {
             return Err(err(format!(
@@ -691,7 +842,27 @@ pub fn sender_domain(from: &str) -> Option<&str> {
         .filter(|d| !d.is_empty())
 }
 
-const SECTIONS: &[&str] = &["newsletter", "smtp", "send", "dkim", "bounces"];
+const SECTIONS: &[&str] = &["newsletter", "smtp", "send", "dkim", "bounces", "webhooks"];
+
+/// Tables inside a section: `TIDINGS_WEBHOOKS_POSTMARK_USERNAME` is
+/// `webhooks.postmark.username`.
+const SUBSECTIONS: &[(&str, &[&str])] = &[("webhooks", &["ses", "postmark", "mailgun", "generic"])];
+
+/// (`Some("postmark")`, `"username"`) for section `webhooks`, key
+/// `postmark_username`; (`None`, key) elsewhere.
+fn subsection<'a>(section: &str, key: &'a str) -> (Option<&'static str>, &'a str) {
+    SUBSECTIONS
+        .iter()
+        .filter(|(s, _)| *s == section)
+        .flat_map(|(_, subs)| subs.iter())
+        .find_map(|sub| {
+            key.strip_prefix(sub)
+                .and_then(|k| k.strip_prefix('_'))
+                .filter(|k| !k.is_empty())
+                .map(|k| (Some(*sub), k))
+        })
+        .unwrap_or((None, key))
+}
 
 impl Bounces {
     /// Each problem names its key.
@@ -754,7 +925,27 @@ fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
         .span()
         .and_then(|s| key_at(text, s.start))
         .is_some_and(|k| k.starts_with("bounces."));
-    if message.contains("password") && in_bounces {
+    let in_webhooks = e
+        .span()
+        .and_then(|s| key_at(text, s.start))
+        .filter(|k| k.starts_with("webhooks."));
+    if let Some(key) = in_webhooks
+        && message.starts_with("unknown key")
+        && ["password", "key", "secret", "token"].iter().any(|w| {
+            message.contains(&format!("unknown key `{w}")) || message.contains(&format!("_{w}`"))
+        })
+    {
+        let var = if key.starts_with("webhooks.postmark.") {
+            ENV_WEBHOOKS_POSTMARK_PASSWORD
+        } else if key.starts_with("webhooks.mailgun.") {
+            ENV_WEBHOOKS_MAILGUN_KEY
+        } else {
+            ENV_WEBHOOKS_SECRET
+        };
+        message.push_str(&format!(
+            "; webhook secrets are never read from the file: set {var}"
+        ));
+    } else if message.contains("password") && in_bounces {
         message.push_str(&format!(
             "; the IMAP password is never read from the file: set {ENV_BOUNCES_PASSWORD}"
         ));
@@ -913,7 +1104,16 @@ fn base_without_overrides(table: &toml::Table, overridden: &[String], keep: &str
         if let Some((section, key)) = env_key(&var["TIDINGS_".len()..])
             && let Some(toml::Value::Table(t)) = out.get_mut(section)
         {
-            t.remove(&key);
+            match subsection(section, &key) {
+                (Some(sub), k) => {
+                    if let Some(toml::Value::Table(t)) = t.get_mut(sub) {
+                        t.remove(k);
+                    }
+                }
+                (None, k) => {
+                    t.remove(k);
+                }
+            }
         }
     }
     out
@@ -1195,6 +1395,86 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn webhooks_from_file_and_environment() {
+        let c = Config::parse_with_env(
+            "[webhooks.postmark]\nusername = \"pm\"\n[webhooks.generic]\n",
+            "t.toml",
+            env(&[
+                ("TIDINGS_WEBHOOKS_POSTMARK_USERNAME", "postmark"),
+                (
+                    "TIDINGS_WEBHOOKS_SES_TOPIC_ARNS",
+                    "arn:aws:sns:eu-west-1:1:a, arn:aws:sns:eu-west-1:1:b",
+                ),
+                ("TIDINGS_WEBHOOKS_MAILGUN_MAX_AGE", "10m"),
+                ("TIDINGS_WEBHOOKS_POSTMARK_PASSWORD", "pm-secret"),
+                ("TIDINGS_WEBHOOKS_MAILGUN_KEY", "mg-secret"),
+                ("TIDINGS_WEBHOOKS_SECRET", "generic-secret"),
+            ]),
+        )
+        .unwrap();
+        let w = &c.webhooks;
+        assert_eq!(w.postmark.as_ref().unwrap().username, "postmark");
+        assert_eq!(
+            w.ses.as_ref().unwrap().topic_arns,
+            ["arn:aws:sns:eu-west-1:1:a", "arn:aws:sns:eu-west-1:1:b"]
+        );
+        assert_eq!(w.mailgun.as_ref().unwrap().max_age.to_string(), "10m");
+        assert!(w.generic.is_some());
+        assert_eq!(
+            c.secrets
+                .webhooks_postmark_password
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "pm-secret"
+        );
+        let shown = format!("{c:?}");
+        for secret in ["pm-secret", "mg-secret", "generic-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // Off unless configured.
+        let c = Config::parse("", "t").unwrap();
+        assert!(c.webhooks.ses.is_none() && c.webhooks.postmark.is_none());
+        assert!(c.webhooks.mailgun.is_none() && c.webhooks.generic.is_none());
+    }
+
+    #[test]
+    fn webhook_config_errors_name_the_key() {
+        assert_eq!(
+            parse_err("[webhooks.ses]\n"),
+            "t.toml: webhooks.ses.topic_arns is empty: list the SNS topic ARNs whose notifications to accept, e.g. [\"arn:aws:sns:eu-west-1:123456789012:ses-bounces\"]"
+        );
+        assert_eq!(
+            parse_err("[webhooks.ses]\ntopic_arns = [\"arn:aws:s3:::bucket\"]\n"),
+            "t.toml: webhooks.ses.topic_arns: `arn:aws:s3:::bucket` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)"
+        );
+        assert_eq!(
+            parse_err(
+                "[webhooks.ses]\ntopic_arns = [\"arn:aws:sns:eu-west-1:1:b\"]\nca_file = \"ca.pem\"\n"
+            ),
+            "t.toml: webhooks.ses.test_cert_host and webhooks.ses.ca_file go together, and only in tests: remove them in production"
+        );
+        assert_eq!(
+            parse_err("[webhooks.postmark]\n"),
+            "t.toml: webhooks.postmark.username is empty: set the user name of the basic auth in Postmark's webhook URL"
+        );
+        assert_eq!(
+            parse_err("[webhooks.mailgun]\nmax_age = \"0s\"\n"),
+            "t.toml: webhooks.mailgun.max_age `0s` must be between 1s and 1d (default 5m)"
+        );
+        let err = parse_err("[webhooks.mailgun]\nsigning_key = \"key-123\"\n");
+        assert!(
+            err.ends_with(
+                "webhook secrets are never read from the file: set TIDINGS_WEBHOOKS_MAILGUN_KEY"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("key-123"), "{err}");
+        let err = parse_err("[webhooks.generic]\nsecret = \"abc\"\n");
+        assert!(err.ends_with("set TIDINGS_WEBHOOKS_SECRET"), "{err}");
     }
 
     #[test]

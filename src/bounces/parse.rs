@@ -779,8 +779,9 @@ fn strip_type(value: &str) -> &str {
     }
 }
 
-/// The first `c.d.d` enhanced status code (class 2, 4 or 5) in `text`.
-fn status_code(text: &str) -> Option<String> {
+/// The first `c.d.d` enhanced status code (class 2, 4 or 5) in `text`
+/// (also what a webhook's words carry).
+pub(crate) fn status_code(text: &str) -> Option<String> {
     text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .map(|w| w.trim_matches('.'))
         .find(|w| {

@@ -15,6 +15,7 @@ pub mod issues;
 pub mod pages;
 pub mod unsubscribe;
 pub mod watch;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct Shared {
     /// `scheme://host[:port]` of `newsletter.base_url`: what a browser
     /// sends as `Origin` from our own pages.
     origin: String,
+    /// The configured provider webhooks (`[webhooks.*]`).
+    webhooks: webhooks::Webhooks,
 }
 
 pub type AppState = Arc<Shared>;
@@ -73,6 +76,7 @@ impl Shared {
     /// The server's state for the configured project: opens the store,
     /// loads the templates.
     pub async fn new(config: Config, signer: Signer) -> Result<Shared> {
+        let webhooks = webhooks::Webhooks::from_config(&config).map_err(Error::Usage)?;
         let store = Store::open(&config.database, &config.base_dir()).await?;
         let pages = Pages::new(&config.newsletter);
         let origin = origin_of(&config.newsletter.base_url);
@@ -83,6 +87,7 @@ impl Shared {
             pages,
             catalogue,
             origin,
+            webhooks,
         })
     }
 }
@@ -128,6 +133,8 @@ mod tests {
 pub struct LogNote {
     issue: Option<String>,
     outcome: &'static str,
+    /// Findings a webhook request carried.
+    count: Option<usize>,
 }
 
 impl LogNote {
@@ -135,12 +142,21 @@ impl LogNote {
         LogNote {
             issue: Some(issue.to_string()),
             outcome,
+            count: None,
         }
     }
     fn outcome(outcome: &'static str) -> LogNote {
         LogNote {
             issue: None,
             outcome,
+            count: None,
+        }
+    }
+    fn counted(outcome: &'static str, count: usize) -> LogNote {
+        LogNote {
+            issue: None,
+            outcome,
+            count: Some(count),
         }
     }
 }
@@ -167,6 +183,7 @@ fn html(status: StatusCode, body: impl Into<String>) -> Response {
 
 /// The routes, with the limits, headers and log around them.
 pub fn router(state: AppState) -> Router {
+    let hooks = webhooks::routes(&state.webhooks);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/u/{token}", get(unsubscribe::page).post(unsubscribe::post))
@@ -177,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/issues/{slug}", get(issue))
         .route("/issues/{slug}/", get(issue))
         .route("/feed.xml", get(feed))
+        .merge(hooks)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), limits))
@@ -288,7 +306,13 @@ async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+    // Providers' notifications are larger than a form post; the routes
+    // themselves enforce the same limit on the bytes that arrive.
+    let limit = match req.uri().path().starts_with("/webhooks/") {
+        true => webhooks::WEBHOOK_BODY_LIMIT,
+        false => BODY_LIMIT,
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
         return html(StatusCode::PAYLOAD_TOO_LARGE, state.pages.too_large())
             .note(LogNote::outcome("too-large"));
     }
@@ -324,7 +348,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// UTC with milliseconds, e.g. `2026-11-26T11:03:05.362Z`.
-fn now() -> String {
+pub(crate) fn now() -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
@@ -353,6 +377,9 @@ async fn access_log(req: Request, next: Next) -> Response {
             line.push_str(&format!(" issue={issue}"));
         }
         line.push_str(&format!(" outcome={}", n.outcome));
+        if let Some(count) = n.count {
+            line.push_str(&format!(" count={count}"));
+        }
     }
     eprintln!("{line}");
     res
@@ -385,6 +412,14 @@ pub async fn run(state: Shared, listen: SocketAddr) -> Result<()> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
+        let hooks = state.webhooks.enabled();
+        if !hooks.is_empty() {
+            eprintln!(
+                "time={} level=info msg={:?}",
+                now(),
+                format!("webhooks: /webhooks/{}", hooks.join(", /webhooks/"))
+            );
+        }
         let _ = out.flush();
     }
     let app = router(Arc::new(state));
