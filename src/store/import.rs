@@ -145,8 +145,7 @@ impl Batch {
 
 /// The stage's columns, in the order COPY gets them.
 const STAGE_COLUMNS: usize = 10;
-const STAGE_COPY: &str =
-    "(line, email, email_key, email_hash, first_name, last_name, attributes, status, lists, reason)";
+const STAGE_COPY: &str = "(line, email, email_key, email_hash, first_name, last_name, attributes, status, lists, reason)";
 /// Joins a row's lists in the stage's `lists` column (a list name never
 /// holds it: see `model::check_list_name`).
 const LIST_JOIN: &str = ";";
@@ -432,7 +431,10 @@ async fn load_file(
             })
             .boxed();
         let copied = tx
-            .copy_in(&format!("COPY {} {STAGE_COPY} FROM STDIN", scratch.stage), chunks)
+            .copy_in(
+                &format!("COPY {} {STAGE_COPY} FROM STDIN", scratch.stage),
+                chunks,
+            )
             .await;
         report.rows += rows + skips;
         report.skipped += skips;

@@ -4,12 +4,12 @@ use std::io::Cursor;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
+use tidings::store::{Store, StoreError};
+use tidings::subscribers::email_hash_hex;
 use tidings::subscribers::model::{
     AddOutcome, BounceOutcome, ImportOptions, ImportReport, ListFilter, ListStats, NewSubscriber,
     RemoveOutcome, ResubscribeOutcome, Stats, Status, Subscriber, UnsubscribeOutcome,
 };
-use tidings::store::{Store, StoreError};
-use tidings::subscribers::email_hash_hex;
 
 use crate::common::Ctx;
 
@@ -902,19 +902,20 @@ async fn hostile_values_round_trip(ctx: &Ctx) {
     assert_eq!(export(&fresh).await, exported);
 
     // An empty name cell clears the name; a file without the column keeps it.
-    let (r, _) = import(
-        &fresh,
-        "email,first_name\ntab@example.org,\n",
-        options(),
-    )
-    .await;
+    let (r, _) = import(&fresh, "email,first_name\ntab@example.org,\n", options()).await;
     assert_eq!(r, report(1, [0, 1, 0, 0, 0, 0, 0], true));
     let (r, _) = import(&fresh, "email,note\nbs@example.org,x\n", options()).await;
     assert_eq!(r, report(1, [0, 1, 0, 0, 0, 0, 0], true));
     let tab = fresh.get("tab@example.org").await.unwrap().unwrap();
-    assert_eq!((tab.first_name.as_str(), tab.last_name.as_str()), ("", "O'Brien"));
+    assert_eq!(
+        (tab.first_name.as_str(), tab.last_name.as_str()),
+        ("", "O'Brien")
+    );
     let bs = fresh.get("bs@example.org").await.unwrap().unwrap();
-    assert_eq!((bs.first_name.as_str(), bs.attributes["note"].as_str()), ("Zoë", "x"));
+    assert_eq!(
+        (bs.first_name.as_str(), bs.attributes["note"].as_str()),
+        ("Zoë", "x")
+    );
 }
 
 /// A reader that fails part-way, like a file on a disk that goes away.
