@@ -27,6 +27,8 @@ fi
 
 if [ -n "${TIDINGS_BIN:-}" ]; then
     BIN=$(realpath "$TIDINGS_BIN")
+    # The binary refuses TIDINGS_* variables it does not know.
+    unset TIDINGS_BIN
 else
     echo "== building the release binary"
     (cd "$ROOT" && cargo build --release --quiet)
