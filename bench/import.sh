@@ -7,6 +7,7 @@
 #   bench/import.sh                                   # SQLite only
 #   PG_URL=postgres://postgres@127.0.0.1:5432/postgres bench/import.sh
 #   ROWS=3000000 bench/import.sh                      # memory must not grow
+#   TIDINGS_BIN=path bench/import.sh                  # measure that binary
 #
 # PG_URL (or TIDINGS_TEST_POSTGRES_URL) names a server where a database
 # may be created and dropped; psql must be installed. Needs GNU time
@@ -24,9 +25,15 @@ if [ ! -x /usr/bin/time ]; then
     exit 2
 fi
 
-echo "== building the release binary"
-(cd "$ROOT" && cargo build --release --quiet)
-BIN="$ROOT/target/release/tidings"
+if [ -n "${TIDINGS_BIN:-}" ]; then
+    BIN=$(realpath "$TIDINGS_BIN")
+    # The binary refuses TIDINGS_* variables it does not know.
+    unset TIDINGS_BIN
+else
+    echo "== building the release binary"
+    (cd "$ROOT" && cargo build --release --quiet)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tidings"
+fi
 
 echo "== generating $ROWS rows"
 awk -v n="$ROWS" 'BEGIN {

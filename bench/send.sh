@@ -124,11 +124,14 @@ source_send() { # concurrency -> messages/s
 }
 [[ $parts != *b* ]] || echo "(b) unthrottled send to smtp-sink, $n_smtp messages of $size bytes…"
 declare -A smtp
+load_b=""
 for c in 4 16; do
 	[[ $parts == *b* ]] || break
+	load_b+="${load_b:+, then }$(cut -d' ' -f1-3 /proc/loadavg)"
 	smtp[t$c]=$(tidings_send "$c")
 	smtp[s$c]=$(source_send "$c")
 done
+[ -z "$load_b" ] || load_b+=", after $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------ (c)
 if [[ $parts == *c* ]]; then
@@ -166,7 +169,8 @@ if [[ $parts == *a* ]]; then
 fi
 for c in 4 16; do
 	[[ $parts == *b* ]] || break
-	printf '  (b) %2d connections: tidings %s/s, smtp-source %s/s: %s%%\n' "$c" "${smtp[t$c]}" "${smtp[s$c]}" \
-		"$(awk -v a="${smtp[t$c]}" -v b="${smtp[s$c]}" 'BEGIN { printf "%.0f", 100 * a / b }')"
+	printf '  (b) %2d connections: tidings %s/s, smtp-source %s/s: same-run ratio %s\n' "$c" "${smtp[t$c]}" "${smtp[s$c]}" \
+		"$(awk -v a="${smtp[t$c]}" -v b="${smtp[s$c]}" 'BEGIN { printf "%.2f", a / b }')"
 done
+[[ $parts != *b* ]] || printf '      (load averages before each pair: %s)\n' "$load_b"
 [[ $parts != *c* ]] || printf '  (c) 50/s: every 60 s window between %s and %s messages/s; at most %s in any one second\n' "$win_min" "$win_max" "$max_second"

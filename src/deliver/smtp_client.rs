@@ -439,23 +439,38 @@ impl Connection {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         escape_data(content, &mut buf);
-        // Everything but the final ".\r\n" goes out while the gate waits.
-        let (body, end) = buf.split_at(buf.len() - 3);
         let s = self.stream.get_mut();
-        let written = async {
-            s.write_all(body).await?;
-            s.flush().await
-        }
-        .await;
-        let written = match written {
-            Ok(()) if ready.await => async {
-                s.write_all(end).await?;
+        let mut ready = std::pin::pin!(ready);
+        // Usually the gate opened while the envelope went back and forth:
+        // then the whole message goes out in one write (one segment less
+        // for the server to wake up for). Otherwise everything but the
+        // final ".\r\n" goes out while the gate waits.
+        let written = match futures_util::FutureExt::now_or_never(ready.as_mut()) {
+            Some(true) => async {
+                s.write_all(&buf).await?;
                 s.flush().await
             }
             .await
             .map_err(net),
-            Ok(()) => Err(ClientError::Held),
-            Err(e) => Err(net(e)),
+            Some(false) => Err(ClientError::Held),
+            None => {
+                let (body, end) = buf.split_at(buf.len() - 3);
+                let written = async {
+                    s.write_all(body).await?;
+                    s.flush().await
+                }
+                .await;
+                match written {
+                    Ok(()) if ready.await => async {
+                        s.write_all(end).await?;
+                        s.flush().await
+                    }
+                    .await
+                    .map_err(net),
+                    Ok(()) => Err(ClientError::Held),
+                    Err(e) => Err(net(e)),
+                }
+            }
         };
         self.buf = buf;
         written?;

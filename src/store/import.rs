@@ -33,6 +33,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use super::{
     Driver, MAX_PARAMS, StoreError, Tx, Val, attributes_json, parse_attributes, parse_status,
 };
@@ -78,11 +80,75 @@ struct Staged {
     lists: Vec<String>,
 }
 
-/// Up to `BATCH` valid rows, and the rows skipped among them.
+/// Up to `BATCH` valid rows, and the rows skipped among them; where the
+/// database copies ([`Tx::copies`]), both already as COPY text for the
+/// stage instead.
 struct Batch {
     rows: Vec<Staged>,
     skipped: Vec<SkippedRow>,
+    copy: Vec<u8>,
+    copied_rows: u64,
+    copied_skips: u64,
 }
+
+impl Batch {
+    fn new(copy: bool) -> Batch {
+        Batch {
+            rows: Vec::with_capacity(if copy { 0 } else { BATCH }),
+            skipped: Vec::new(),
+            copy: Vec::with_capacity(if copy { BATCH * 256 } else { 0 }),
+            copied_rows: 0,
+            copied_skips: 0,
+        }
+    }
+
+    fn lines(&self) -> usize {
+        self.rows.len() + self.skipped.len() + (self.copied_rows + self.copied_skips) as usize
+    }
+
+    fn push(&mut self, parsed: Parsed, extra_lists: &[String], copy: bool) {
+        match (parsed, copy) {
+            (Parsed::Row(row), false) => self.rows.push(staged(row, extra_lists)),
+            (Parsed::Skipped(s), false) => self.skipped.push(s),
+            (Parsed::Row(row), true) => {
+                let r = staged(row, extra_lists);
+                let line = r.line.to_string();
+                let lists = (!r.lists.is_empty()).then(|| r.lists.join(LIST_JOIN));
+                super::postgres::copy_row(
+                    &mut self.copy,
+                    [
+                        Some(line.as_str()),
+                        (r.email != r.key).then_some(r.email.as_str()),
+                        Some(r.key.as_str()),
+                        Some(r.hash.as_str()),
+                        r.first_name.as_deref(),
+                        r.last_name.as_deref(),
+                        Some(r.attributes.as_str()),
+                        r.status.map(|s| s.as_str()),
+                        lists.as_deref(),
+                        None,
+                    ],
+                );
+                self.copied_rows += 1;
+            }
+            (Parsed::Skipped(s), true) => {
+                let line = s.line.to_string();
+                let mut fields = [None; STAGE_COLUMNS];
+                fields[0] = Some(line.as_str());
+                fields[STAGE_COLUMNS - 1] = Some(s.reason.as_str());
+                super::postgres::copy_row(&mut self.copy, fields);
+                self.copied_skips += 1;
+            }
+        }
+    }
+}
+
+/// The stage's columns, in the order COPY gets them.
+const STAGE_COLUMNS: usize = 10;
+const STAGE_COPY: &str = "(line, email, email_key, email_hash, first_name, last_name, attributes, status, lists, reason)";
+/// Joins a row's lists in the stage's `lists` column (a list name never
+/// holds it: see `model::check_list_name`).
+const LIST_JOIN: &str = ";";
 
 /// Scratch table names in the database's temp schema.
 struct Scratch {
@@ -183,8 +249,8 @@ async fn run(
     // fit PostgreSQL's 32-bit integer.
     for create in [
         format!(
-            "CREATE TABLE {stage} (line INTEGER PRIMARY KEY, email TEXT, email_key TEXT NOT NULL, \
-             email_hash TEXT NOT NULL, first_name TEXT, last_name TEXT, attributes TEXT NOT NULL, status TEXT)"
+            "CREATE TABLE {stage} (line INTEGER PRIMARY KEY, email TEXT, email_key TEXT, \
+             email_hash TEXT, first_name TEXT, last_name TEXT, attributes TEXT, status TEXT, lists TEXT, reason TEXT)"
         ),
         format!(
             "CREATE TABLE {lists} (line INTEGER NOT NULL, list TEXT NOT NULL, PRIMARY KEY (line, list))"
@@ -332,39 +398,62 @@ async fn load_file(
     extra_lists: Vec<String>,
     report: &mut ImportReport,
 ) -> Result<(), StoreError> {
+    let copy = tx.copies();
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(QUEUE);
     let producer = tokio::task::spawn_blocking(move || -> Result<(), CsvError> {
-        let new_batch = || Batch {
-            rows: Vec::with_capacity(BATCH),
-            skipped: Vec::new(),
-        };
-        let mut batch = new_batch();
+        let mut batch = Batch::new(copy);
         while let Some(parsed) = reader.next_row()? {
-            match parsed {
-                Parsed::Row(row) => batch.rows.push(staged(row, &extra_lists)),
-                Parsed::Skipped(s) => batch.skipped.push(s),
-            }
-            if batch.rows.len() + batch.skipped.len() >= BATCH {
-                let full = std::mem::replace(&mut batch, new_batch());
+            batch.push(parsed, &extra_lists, copy);
+            if batch.lines() >= BATCH {
+                let full = std::mem::replace(&mut batch, Batch::new(copy));
                 if sender.blocking_send(full).is_err() {
                     // The writer stopped; it reports why.
                     return Ok(());
                 }
             }
         }
-        if !batch.rows.is_empty() || !batch.skipped.is_empty() {
+        if batch.lines() > 0 {
             let _ = sender.blocking_send(batch);
         }
         Ok(())
     });
 
     let mut failed = None;
-    while let Some(batch) = receiver.recv().await {
-        report.rows += (batch.rows.len() + batch.skipped.len()) as u64;
-        report.skipped += batch.skipped.len() as u64;
-        if let Err(e) = stage_batch(tx, scratch, batch).await {
-            failed = Some(e);
-            break;
+    if copy {
+        // One COPY for the whole file, lists and skipped lines included;
+        // split below.
+        let (mut rows, mut skips) = (0, 0);
+        let chunks = futures_util::stream::poll_fn(|cx| receiver.poll_recv(cx))
+            .map(|batch: Batch| {
+                rows += batch.copied_rows;
+                skips += batch.copied_skips;
+                batch.copy
+            })
+            .boxed();
+        let copied = tx
+            .copy_in(
+                &format!("COPY {} {STAGE_COPY} FROM STDIN", scratch.stage),
+                chunks,
+            )
+            .await;
+        report.rows += rows + skips;
+        report.skipped += skips;
+        match copied {
+            Ok(_) => {
+                if let Err(e) = split_copied(tx, scratch, skips).await {
+                    failed = Some(e);
+                }
+            }
+            Err(e) => failed = Some(e),
+        }
+    } else {
+        while let Some(batch) = receiver.recv().await {
+            report.rows += (batch.rows.len() + batch.skipped.len()) as u64;
+            report.skipped += batch.skipped.len() as u64;
+            if let Err(e) = stage_batch(tx, scratch, batch).await {
+                failed = Some(e);
+                break;
+            }
         }
     }
     drop(receiver);
@@ -375,6 +464,39 @@ async fn load_file(
         return Err(e);
     }
     read.map_err(StoreError::from)
+}
+
+/// After one COPY: each row's lists into their own table, skipped lines
+/// into theirs.
+async fn split_copied(tx: &mut Tx<'_>, scratch: &Scratch, skips: u64) -> Result<(), StoreError> {
+    let Scratch {
+        stage,
+        lists,
+        skips: skipped,
+    } = scratch;
+    tx.exec(
+        &format!(
+            "INSERT INTO {lists} (line, list) SELECT line, unnest(string_to_array(lists, '{LIST_JOIN}')) \
+             FROM {stage} WHERE lists IS NOT NULL"
+        ),
+        vec![],
+    )
+    .await?;
+    if skips > 0 {
+        tx.exec(
+            &format!(
+                "INSERT INTO {skipped} (line, reason) SELECT line, reason FROM {stage} WHERE reason IS NOT NULL"
+            ),
+            vec![],
+        )
+        .await?;
+        tx.exec(
+            &format!("DELETE FROM {stage} WHERE reason IS NOT NULL"),
+            vec![],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Everything per row that needs no database, on the reader thread, with
@@ -715,7 +837,25 @@ async fn insert_new(
     if report.new == 0 {
         return Ok(());
     }
-    let exclusive = tx.driver.exclusive_writes();
+    let mut exclusive = tx.driver.exclusive_writes();
+    // A bulk load (at least as many new rows as were there) rebuilds the
+    // address indexes, where the database lets it; on a database others
+    // write to, it shuts them out first (`Driver::bulk_load`).
+    let bulk = tx.driver.bulk_load();
+    let rebuild = (exclusive || bulk.is_some()) && report.new >= REBUILD_MIN_ROWS && {
+        let existing = tx.count("SELECT COUNT(*) FROM subscribers", vec![]).await?;
+        report.new >= existing
+    };
+    let rebuild_after = match bulk {
+        Some((before, after)) if rebuild && !exclusive => {
+            for sql in before {
+                tx.exec(sql, vec![]).await?;
+            }
+            exclusive = true;
+            after
+        }
+        _ => &[],
+    };
     // Ids up front where nobody else can insert meanwhile: after the
     // highest id, in line order (line 2, the first row under the header,
     // gets the next id; skipped lines leave gaps).
@@ -726,10 +866,6 @@ async fn insert_new(
         0
     };
     let base_id = max_id - 1;
-    let rebuild = exclusive && report.new >= REBUILD_MIN_ROWS && {
-        let existing = tx.count("SELECT COUNT(*) FROM subscribers", vec![]).await?;
-        report.new >= existing
-    };
     if rebuild {
         for (name, _) in ADDRESS_INDEXES {
             tx.exec(&format!("DROP INDEX {name}"), vec![]).await?;
@@ -805,6 +941,12 @@ async fn insert_new(
         .await?;
     }
     laps.lap("new: lists");
+    for sql in rebuild_after {
+        tx.exec(sql, vec![]).await?;
+    }
+    if !rebuild_after.is_empty() {
+        laps.lap("new: list keys");
+    }
     Ok(())
 }
 

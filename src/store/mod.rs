@@ -207,6 +207,21 @@ pub trait Conn: Send {
         }
         Ok(inserted)
     }
+    /// True when the database takes rows in bulk with [`Conn::copy_in`].
+    fn copies(&self) -> bool {
+        false
+    }
+    /// Streams rows into `copy` (`COPY t (a, b) FROM STDIN`): each chunk
+    /// holds whole lines of PostgreSQL's COPY text format (see
+    /// `postgres::copy_field`); returns the rows taken. Only where
+    /// [`Conn::copies`] says so.
+    async fn copy_in(
+        &mut self,
+        _copy: &str,
+        _chunks: BoxStream<'_, Vec<u8>>,
+    ) -> Result<u64, sqlx::Error> {
+        Err(sqlx::Error::Protocol("COPY is not supported here".into()))
+    }
     async fn commit(self: Box<Self>) -> Result<(), sqlx::Error>;
     async fn rollback(self: Box<Self>) -> Result<(), sqlx::Error>;
 }
@@ -257,6 +272,12 @@ pub trait Driver: Send + Sync {
     /// statement over a whole file would grow with the file.
     fn delete_range(&self) -> Option<i64> {
         Some(50_000)
+    }
+    /// A bulk load on a database other writers share: statements that
+    /// shut them out and drop what the load rebuilds besides the address
+    /// indexes (run first), and those that rebuild it (run last).
+    fn bulk_load(&self) -> Option<(&'static [&'static str], &'static [&'static str])> {
+        None
     }
     /// After an erasure: make sure the deleted bytes are gone from the
     /// database's files too, as far as the database allows.
@@ -328,6 +349,19 @@ impl<'a> Tx<'a> {
     ) -> Result<u64, StoreError> {
         self.conn
             .insert_rows(insert, width, values)
+            .await
+            .map_err(|e| self.driver.error(e))
+    }
+    pub(crate) fn copies(&self) -> bool {
+        self.conn.copies()
+    }
+    pub(crate) async fn copy_in(
+        &mut self,
+        copy: &str,
+        chunks: BoxStream<'_, Vec<u8>>,
+    ) -> Result<u64, StoreError> {
+        self.conn
+            .copy_in(copy, chunks)
             .await
             .map_err(|e| self.driver.error(e))
     }

@@ -59,6 +59,7 @@ suite!(
     who_may_be_mailed,
     bounces_and_complaints,
     claims_never_hand_out_a_blocked_row,
+    hostile_values_round_trip,
 );
 
 fn options() -> ImportOptions {
@@ -856,6 +857,73 @@ async fn bulk_import_into_a_non_empty_store(ctx: &Ctx) {
         ("U20000", 2)
     );
     assert_eq!(s.events("u40000@example.org").await.unwrap().len(), 2);
+}
+
+/// Values that mean something to a bulk format (PostgreSQL's COPY text:
+/// tab, newline, backslash, `\N`, `\.`) or to CSV (quotes, commas), and
+/// non-ASCII, go in and come out as they were; an empty cell is an empty
+/// value, not a missing one.
+async fn hostile_values_round_trip(ctx: &Ctx) {
+    let text = "email,first_name,last_name,note,path,lists\n\
+                tab@example.org,Tab,O'Brien,\"a<TAB>b\",\"C:\\dir\\new\",monthly\n\
+                nl@example.org,\\N,\"Quote \"\"q\"\", comma\",\"line1\nline2\r\nline3\",\\N,\n\
+                bs@example.org,Zoë,Ørsted\\,\"\\.\",\"back\\\\slash\\t<TAB>end\",\"a;b\"\n\
+                empty@example.org,,,,,\n\
+                bad@example.org,\"x<TAB>y\",,,,\n\
+                ctl@example.org,C,D,\"bell<BEL>\\r\",\"\\\\N\",x\n"
+        .replace("<TAB>", "\t")
+        .replace("<BEL>", "\u{7}");
+    let (r, skipped) = import(&ctx.store, &text, options()).await;
+    assert_eq!(
+        skipped,
+        ["line 8: first_name contains a control character"],
+        "{r:?}"
+    );
+    assert_eq!(r, report(6, [5, 0, 0, 0, 0, 0, 1], true));
+    let nl = ctx.store.get("nl@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (nl.first_name.as_str(), nl.last_name.as_str()),
+        ("\\N", "Quote \"q\", comma")
+    );
+    assert_eq!(nl.attributes["note"], "line1\nline2\r\nline3");
+    assert_eq!(nl.attributes["path"], "\\N");
+    assert!(nl.lists.is_empty());
+    let bs = ctx.store.get("bs@example.org").await.unwrap().unwrap();
+    assert_eq!(bs.last_name, "Ørsted\\");
+    assert_eq!(bs.attributes["note"], "\\.");
+    assert_eq!(bs.attributes["path"], "back\\\\slash\\t\tend");
+    assert_eq!(bs.lists, ["a", "b"]);
+    let ctl = ctx.store.get("ctl@example.org").await.unwrap().unwrap();
+    assert_eq!(ctl.attributes["note"], "bell\u{7}\\r");
+    let tab = ctx.store.get("tab@example.org").await.unwrap().unwrap();
+    assert_eq!(tab.attributes["note"], "a\tb");
+    assert_eq!(tab.attributes["path"], "C:\\dir\\new");
+    let empty = ctx.store.get("empty@example.org").await.unwrap().unwrap();
+    assert_eq!((empty.first_name.as_str(), empty.attributes.len()), ("", 0));
+
+    // Out and into a fresh store: the same export, byte for byte.
+    let exported = export(&ctx.store).await;
+    let fresh = ctx.fresh().await;
+    let (r, skipped) = import(&fresh, &exported, options()).await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(r, report(5, [5, 0, 0, 0, 0, 0, 0], true));
+    assert_eq!(export(&fresh).await, exported);
+
+    // An empty name cell clears the name; a file without the column keeps it.
+    let (r, _) = import(&fresh, "email,first_name\ntab@example.org,\n", options()).await;
+    assert_eq!(r, report(1, [0, 1, 0, 0, 0, 0, 0], true));
+    let (r, _) = import(&fresh, "email,note\nbs@example.org,x\n", options()).await;
+    assert_eq!(r, report(1, [0, 1, 0, 0, 0, 0, 0], true));
+    let tab = fresh.get("tab@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (tab.first_name.as_str(), tab.last_name.as_str()),
+        ("", "O'Brien")
+    );
+    let bs = fresh.get("bs@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (bs.first_name.as_str(), bs.attributes["note"].as_str()),
+        ("Zoë", "x")
+    );
 }
 
 /// A reader that fails part-way, like a file on a disk that goes away.
