@@ -161,19 +161,17 @@ impl MessageFactory {
     /// The message for one recipient of `campaign` (named in the VERP
     /// envelope sender when `bounces.address` is set).
     pub fn build_for(&self, r: &Recipient, campaign: Option<i64>) -> Result<Outgoing, BuildError> {
-        let mut out = if self.dkim.is_some() {
-            self.build_with_lettre(r)?
+        let sender = self.envelope_sender(r, campaign)?;
+        let sender = sender.as_ref().unwrap_or(&self.from.email);
+        if self.dkim.is_some() {
+            self.build_with_lettre(r, sender)
         } else {
-            self.build_plain(r)?
-        };
-        if let Some(sender) = self.envelope_sender(r, campaign)? {
-            out.envelope = Envelope::new(Some(sender), out.envelope.to().to_vec())
-                .map_err(|e| BuildError::Message(e.to_string()))?;
+            self.build_plain(r, sender)
         }
-        Ok(out)
     }
 
-    /// `bounces+<tag>@domain` when VERP is on.
+    /// `bounces+<tag>@domain` when VERP is on; else the From address is
+    /// the envelope sender.
     fn envelope_sender(
         &self,
         r: &Recipient,
@@ -188,7 +186,7 @@ impl MessageFactory {
         })
     }
 
-    fn build_plain(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
+    fn build_plain(&self, r: &Recipient, sender: &Address) -> Result<Outgoing, BuildError> {
         let address = parse_address(&r.email)?.wire().clone();
         let unsubscribe_url = self.signer.url(&self.issue.slug, &r.email);
         let fields = RecipientFields::new(r, &unsubscribe_url);
@@ -221,7 +219,7 @@ impl MessageFactory {
         ));
         self.html.write(&fields, &mut out);
         out.push_str(&format!("\r\n--{b}--\r\n"));
-        let envelope = Envelope::new(Some(self.from.email.clone()), vec![address])
+        let envelope = Envelope::new(Some(sender.clone()), vec![address])
             .map_err(|e| BuildError::Message(e.to_string()))?;
         Ok(Outgoing {
             to: r.email.clone(),
@@ -250,9 +248,15 @@ impl MessageFactory {
     }
 
     /// The same message through lettre's builder, which can DKIM-sign it.
-    pub(crate) fn build_with_lettre(&self, r: &Recipient) -> Result<Outgoing, BuildError> {
+    pub(crate) fn build_with_lettre(
+        &self,
+        r: &Recipient,
+        sender: &Address,
+    ) -> Result<Outgoing, BuildError> {
         let issue = &self.issue;
         let address = parse_address(&r.email)?.wire().clone();
+        let envelope = Envelope::new(Some(sender.clone()), vec![address.clone()])
+            .map_err(|e| BuildError::Message(e.to_string()))?;
         let unsubscribe_url = self.signer.url(&issue.slug, &r.email);
         let fields = RecipientFields::new(r, &unsubscribe_url);
         let content = issue.personalise(&fields);
@@ -286,7 +290,7 @@ impl MessageFactory {
         }
         Ok(Outgoing {
             to: r.email.clone(),
-            envelope: message.envelope().clone(),
+            envelope,
             bytes: message.formatted(),
             message_id,
         })
@@ -427,7 +431,7 @@ mod tests {
         let f = factory("{{ subscriber.first_name | default(value='Friend') }}, issue 9 ünïcode");
         let r = hostile();
         let fast = f.build(&r).unwrap();
-        let slow = f.build_with_lettre(&r).unwrap();
+        let slow = f.build_with_lettre(&r, &f.from.email).unwrap();
         let parser = mail_parser::MessageParser::default();
         let a = parser.parse(&fast.bytes).unwrap();
         let b = parser.parse(&slow.bytes).unwrap();
