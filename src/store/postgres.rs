@@ -25,6 +25,21 @@ pub struct PgDriver {
 }
 
 impl PgDriver {
+    /// The connection kept in `kept`, opened from the pool when there is
+    /// none (or it held the other database's).
+    async fn kept_connection<'k>(
+        &self,
+        kept: &'k mut Kept,
+    ) -> Result<&'k mut sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        if !matches!(kept.0, KeptConn::Postgres(_)) {
+            kept.0 = KeptConn::Postgres(self.pool.acquire().await.map_err(|e| self.error(e))?);
+        }
+        match &mut kept.0 {
+            KeptConn::Postgres(conn) => Ok(conn),
+            _ => unreachable!("set above"),
+        }
+    }
+
     /// Connects and migrates. The first connection is made by hand: the
     /// pool retries a refused connection until its timeout and then only
     /// says "timed out", while a person needs to hear "connection refused".
@@ -130,12 +145,7 @@ impl Driver for PgDriver {
         sql: &str,
         args: Vec<Val>,
     ) -> Result<u64, StoreError> {
-        if !matches!(kept.0, KeptConn::Postgres(_)) {
-            kept.0 = KeptConn::Postgres(self.pool.acquire().await.map_err(|e| self.error(e))?);
-        }
-        let KeptConn::Postgres(conn) = &mut kept.0 else {
-            unreachable!("set above")
-        };
+        let conn = self.kept_connection(kept).await?;
         Ok(query(sql, args)
             .execute(&mut **conn)
             .await
@@ -144,12 +154,7 @@ impl Driver for PgDriver {
     }
 
     async fn begin_kept<'k>(&self, kept: &'k mut Kept) -> Result<Box<dyn Conn + 'k>, StoreError> {
-        if !matches!(kept.0, KeptConn::Postgres(_)) {
-            kept.0 = KeptConn::Postgres(self.pool.acquire().await.map_err(|e| self.error(e))?);
-        }
-        let KeptConn::Postgres(conn) = &mut kept.0 else {
-            unreachable!("set above")
-        };
+        let conn = self.kept_connection(kept).await?;
         let tx = sqlx::Connection::begin(&mut **conn)
             .await
             .map_err(|e| self.error(e))?;

@@ -22,6 +22,21 @@ pub struct SqliteDriver {
 }
 
 impl SqliteDriver {
+    /// The connection kept in `kept`, opened from the pool when there is
+    /// none (or it held the other database's).
+    async fn kept_connection<'k>(
+        &self,
+        kept: &'k mut Kept,
+    ) -> Result<&'k mut sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+        if !matches!(kept.0, KeptConn::Sqlite(_)) {
+            kept.0 = KeptConn::Sqlite(self.pool.acquire().await.map_err(|e| self.error(e))?);
+        }
+        match &mut kept.0 {
+            KeptConn::Sqlite(conn) => Ok(conn),
+            _ => unreachable!("set above"),
+        }
+    }
+
     /// Opens (creating if missing) the database file and migrates it.
     pub async fn open(path: &Path) -> Result<SqliteDriver, StoreError> {
         Self::open_with(path, BUSY_TIMEOUT).await
@@ -147,12 +162,7 @@ impl Driver for SqliteDriver {
         sql: &str,
         args: Vec<Val>,
     ) -> Result<u64, StoreError> {
-        if !matches!(kept.0, KeptConn::Sqlite(_)) {
-            kept.0 = KeptConn::Sqlite(self.pool.acquire().await.map_err(|e| self.error(e))?);
-        }
-        let KeptConn::Sqlite(conn) = &mut kept.0 else {
-            unreachable!("set above")
-        };
+        let conn = self.kept_connection(kept).await?;
         Ok(query(sql, args)
             .execute(&mut **conn)
             .await
@@ -161,12 +171,7 @@ impl Driver for SqliteDriver {
     }
 
     async fn begin_kept<'k>(&self, kept: &'k mut Kept) -> Result<Box<dyn Conn + 'k>, StoreError> {
-        if !matches!(kept.0, KeptConn::Sqlite(_)) {
-            kept.0 = KeptConn::Sqlite(self.pool.acquire().await.map_err(|e| self.error(e))?);
-        }
-        let KeptConn::Sqlite(conn) = &mut kept.0 else {
-            unreachable!("set above")
-        };
+        let conn = self.kept_connection(kept).await?;
         let tx = sqlx::Connection::begin(&mut **conn)
             .await
             .map_err(|e| self.error(e))?;
