@@ -777,23 +777,26 @@ fn real_postfix_dsn_to_dovecot() {
         "email\nana@remote.example\nbo@remote.example\ncy@ok.example\n",
     )
     .unwrap();
-    let out = support::run(
-        project_command(
-            &project,
-            &[
-                "send",
-                "content/hello.md",
-                "--subscribers",
-                "list.csv",
-                "--yes",
-            ],
+    // The list through the relay (`extra`: more arguments to `send`).
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "content/hello.md",
+            "--subscribers",
+            "list.csv",
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        support::run(
+            project_command(&project, &args)
+                .env("TIDINGS_SMTP_HOST", "127.0.0.1")
+                .env("TIDINGS_SMTP_PORT", postfix.port.to_string())
+                .env("TIDINGS_SMTP_TLS", "none")
+                .env("TIDINGS_SEND_RATE", "unlimited"),
+            Duration::from_secs(120),
         )
-        .env("TIDINGS_SMTP_HOST", "127.0.0.1")
-        .env("TIDINGS_SMTP_PORT", postfix.port.to_string())
-        .env("TIDINGS_SMTP_TLS", "none")
-        .env("TIDINGS_SEND_RATE", "unlimited"),
-        Duration::from_secs(120),
-    );
+    };
+    let out = send(&[]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -814,17 +817,23 @@ fn real_postfix_dsn_to_dovecot() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(dovecot.count(None), 2, "{}", postfix.log());
 
-    let out = support::run(
-        project_command(&project, &["bounces", "fetch", "--dry-run"])
-            .env(
-                "TIDINGS_BOUNCES_IMAP_URL",
-                format!("imaps://127.0.0.1:{}/INBOX", dovecot.imaps_port),
-            )
-            .env("TIDINGS_BOUNCES_USERNAME", support::mail::USER)
-            .env("TIDINGS_BOUNCES_CA_FILE", dir.join("dovecot/ca.crt"))
-            .env("TIDINGS_BOUNCES_PASSWORD", support::mail::PASSWORD),
-        Duration::from_secs(60),
-    );
+    // The bounce mailbox over IMAP with TLS (`extra`: `--dry-run`).
+    let fetch = |extra: &[&str]| {
+        let mut args = vec!["bounces", "fetch"];
+        args.extend_from_slice(extra);
+        support::run(
+            project_command(&project, &args)
+                .env(
+                    "TIDINGS_BOUNCES_IMAP_URL",
+                    format!("imaps://127.0.0.1:{}/INBOX", dovecot.imaps_port),
+                )
+                .env("TIDINGS_BOUNCES_USERNAME", support::mail::USER)
+                .env("TIDINGS_BOUNCES_CA_FILE", dir.join("dovecot/ca.crt"))
+                .env("TIDINGS_BOUNCES_PASSWORD", support::mail::PASSWORD),
+            Duration::from_secs(60),
+        )
+    };
+    let out = fetch(&["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut found: Vec<String> = stdout
@@ -845,20 +854,7 @@ fn real_postfix_dsn_to_dovecot() {
     // For real: exactly those two are blocked, the messages move to the
     // processed folder, a second fetch finds nothing, and the next send
     // of the issue skips them.
-    let fetch = || {
-        support::run(
-            project_command(&project, &["bounces", "fetch"])
-                .env(
-                    "TIDINGS_BOUNCES_IMAP_URL",
-                    format!("imaps://127.0.0.1:{}/INBOX", dovecot.imaps_port),
-                )
-                .env("TIDINGS_BOUNCES_USERNAME", support::mail::USER)
-                .env("TIDINGS_BOUNCES_CA_FILE", dir.join("dovecot/ca.crt"))
-                .env("TIDINGS_BOUNCES_PASSWORD", support::mail::PASSWORD),
-            Duration::from_secs(60),
-        )
-    };
-    let out = fetch();
+    let out = fetch(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut found: Vec<String> = stdout
@@ -875,7 +871,7 @@ fn real_postfix_dsn_to_dovecot() {
         "{}",
         support::describe(&out)
     );
-    let again = fetch();
+    let again = fetch(&[]);
     assert_eq!(
         again.status.code(),
         Some(0),
@@ -893,24 +889,7 @@ fn real_postfix_dsn_to_dovecot() {
         "{}",
         support::describe(&again)
     );
-    let out = support::run(
-        project_command(
-            &project,
-            &[
-                "send",
-                "content/hello.md",
-                "--subscribers",
-                "list.csv",
-                "--yes",
-                "--resend",
-            ],
-        )
-        .env("TIDINGS_SMTP_HOST", "127.0.0.1")
-        .env("TIDINGS_SMTP_PORT", postfix.port.to_string())
-        .env("TIDINGS_SMTP_TLS", "none")
-        .env("TIDINGS_SEND_RATE", "unlimited"),
-        Duration::from_secs(120),
-    );
+    let out = send(&["--resend"]);
     assert_eq!(out.status.code(), Some(0), "{}", support::describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("to 1 recipient "),
