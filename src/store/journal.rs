@@ -151,15 +151,6 @@ pub struct Journal {
     recorder: tokio::sync::Mutex<Kept>,
 }
 
-/// What happened when a send started.
-#[derive(Debug, Clone, Default)]
-pub struct Start {
-    /// A new campaign was made (the recipient set was fixed now).
-    pub created: bool,
-    /// Rows found in flight from a run that died; sent again.
-    pub recovered_in_flight: u64,
-}
-
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -31,7 +31,6 @@ pub mod sqlite;
 mod status;
 
 pub use bounces::{Action, BounceRow, Kind, Learned};
-pub use rule::SUPPRESSED;
 use rule::Who;
 
 use std::collections::BTreeMap;

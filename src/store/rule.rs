@@ -45,4 +45,4 @@ pub(crate) fn mailable(who: Who<'_>) -> String {
 }
 
 /// The reason given for an address on the suppression list.
-pub const SUPPRESSED: &str = "suppressed";
+const SUPPRESSED: &str = "suppressed";
